@@ -1,0 +1,1 @@
+"""Alembic migrations for the Sluice schema (``sluice db upgrade`` runs them)."""

