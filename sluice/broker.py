@@ -7,6 +7,7 @@ every Sluice process on the machine that shares ``var_dir`` finds and reuses it.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from pathlib import Path
@@ -70,10 +71,9 @@ def stop_embedded(var_dir: Path) -> bool:
     socket, _ = _paths(var_dir)
     if not _alive(socket):
         return False
-    try:
+    # The server closes the connection as it exits.
+    with contextlib.suppress(redis.ConnectionError):
         redis.Redis(unix_socket_path=str(socket)).shutdown(nosave=True)
-    except redis.ConnectionError:
-        pass  # the server closes the connection as it exits
     return True
 
 

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -76,7 +75,6 @@ def upgrade() -> None:
     with op.batch_alter_table("items", schema=None) as batch_op:
         batch_op.create_index("ix_items_job_status", ["job_id", "status"], unique=False)
         batch_op.create_index("ix_items_label", ["job_id", "label"], unique=False)
-
 
 
 def downgrade() -> None:

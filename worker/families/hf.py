@@ -60,9 +60,7 @@ class HFTextFamily(TaskFamily):
 
     def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, list[list[int]]]:
         """Tokenise many texts in one call (far faster than one call per text)."""
-        enc = self.tokenizer(
-            texts, pairs, truncation=True, max_length=self.max_length, return_attention_mask=True
-        )
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, return_attention_mask=True)
         return {name: enc[name] for name in self.tokenizer.model_input_names if name in enc}
 
     def preprocess(self, item: int, fields: dict[str, Any]) -> list[Feature]:

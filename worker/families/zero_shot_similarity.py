@@ -28,7 +28,7 @@ def candidate_labels(fields: dict[str, Any], item: int) -> list[str]:
     if not labels or not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
         raise ValidationError(
             f"item {item}: 'candidate_labels' must be a non-empty list of strings; "
-            "give it for the job with --param 'candidate_labels=[\"a\",\"b\"]' or per item"
+            'give it for the job with --param \'candidate_labels=["a","b"]\' or per item'
         )
     if len(set(labels)) != len(labels):
         raise ValidationError(f"item {item}: 'candidate_labels' has duplicates: {labels}")
@@ -51,9 +51,7 @@ class ZeroShotSimilarity(FeatureExtraction):
     def _embed_labels(self, labels: tuple[str, ...]) -> np.ndarray:
         import torch
 
-        batch = self.collate(
-            [Feature(item=i, ids=ids, length=0) for i, ids in enumerate(self._rows(list(labels)))]
-        )
+        batch = self.collate([Feature(item=i, ids=ids, length=0) for i, ids in enumerate(self._rows(list(labels)))])
         with torch.inference_mode():
             matrix = self.embed(batch).cpu().numpy()
         return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,229 @@
+"""The ``sluice`` command line: database, workers, jobs, results, models."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from sluice.errors import SluiceError, ValidationError
+from sluice.settings import Settings, get_settings
+
+
+def _param(raw: str) -> tuple[str, Any]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param wants KEY=JSON, got {raw!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare word is a string: --param lang=en
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from sluice import migrate
+
+    if args.action == "upgrade":
+        migrate.upgrade(settings, args.revision or "head")
+    elif args.action == "downgrade":
+        migrate.downgrade(settings, args.revision or "base")
+    else:
+        migrate.current(settings)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.main import run_worker
+
+    overrides = {"max_batch_tokens": args.max_batch_tokens, "max_batch_size": args.max_batch_size}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v})
+    models = [m for m in (args.models or "").split(",") if m]
+    queues = [q for q in (args.queues or "").split(",") if q] or None
+    run_worker(settings, args.device or settings.device, models, queues, args.hostname, args.loglevel)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.client import Client
+    from producer.inputs import read_input
+
+    client = Client(settings)
+    job_id = client.submit(
+        args.model, read_input(Path(args.input)), params=dict(args.param or []),
+        priority=args.priority, skip_invalid=args.skip_invalid,
+    )  # fmt: skip
+    print(job_id)
+    if args.wait:
+        info = client.wait(job_id, progress=True)
+        _print_status(client, info, sys.stderr)
+        return 0 if info.status.value == "completed" else 1
+    return 0
+
+
+def _print_status(client: Any, info: Any, out: TextIO) -> None:
+    rate = f"{info.items_per_s:.1f} items/s" if info.items_per_s else "-"
+    elapsed = f"{info.elapsed_s:.1f}s" if info.elapsed_s is not None else "-"
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(client.item_counts(info.id).items()))
+    print(f"job {info.id}  model={info.model} task={info.task} priority={info.priority}", file=out)
+    print(f"  status: {info.status.value}  items: {info.finished}/{info.total} ({counts})", file=out)
+    print(f"  done={info.done} failed={info.failed}  elapsed={elapsed}  throughput={rate}", file=out)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.client import Client
+
+    client = Client(settings)
+    _print_status(client, client.status(args.job), sys.stdout)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.client import Client
+
+    rows = Client(settings).results(args.job)
+    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        if args.format == "csv":
+            writer = csv.writer(out)
+            writer.writerow(["item", "status", "label", "score", "output", "error"])
+            for r in rows:
+                output = r["output"] if "embedding" not in r else {"embedding": r["embedding"]}
+                writer.writerow([r["item"], r["status"], r["label"] or "", "" if r["score"] is None else r["score"],
+                                 "" if output is None else json.dumps(output), r["error"] or ""])  # fmt: skip
+        else:
+            for r in rows:
+                out.write(json.dumps(r, ensure_ascii=False) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from sluice.registry import load_registry
+
+    registry = load_registry(settings.models_file)
+    print(f"# {registry.source}")
+    for spec in registry:
+        print(f"{spec.name:24} {spec.task:28} {spec.path}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.client import Client
+
+    for info in Client(settings).jobs(args.limit):
+        print(f"{info.id}  {info.status.value:9} {info.finished:>7}/{info.total:<7} {info.model}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.client import Client
+
+    print("cancelled" if Client(settings).cancel(args.job) else "already ended")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.reconcile import reconcile
+
+    print(f"re-enqueued {reconcile(settings, include_queued=args.include_queued)} chunk(s)")
+    return 0
+
+
+def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
+    from sluice.broker import start_embedded, stop_embedded
+
+    if args.action == "start":
+        print(start_embedded(settings.var_dir))
+    else:
+        print("stopped" if stop_embedded(settings.var_dir) else "not running")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from sluice.demo import run_demo
+
+    return run_demo(settings, n_docs=args.docs, model=args.model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("db", help="database migrations")
+    p.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    p.add_argument("revision", nargs="?")
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("worker", help="run a Celery worker with resident models")
+    p.add_argument("--device", help="cpu or cuda:N (default: SLUICE_DEVICE)")
+    p.add_argument("--models", help="comma-separated registered models to preload")
+    p.add_argument("--max-batch-tokens", type=int)
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--queues", help="comma-separated queues (default: SLUICE_QUEUE)")
+    p.add_argument("--hostname")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="submit a bulk job from a .jsonl, .csv or .txt file")
+    p.add_argument("input")
+    p.add_argument("--model", required=True)
+    p.add_argument("--param", action="append", type=_param, metavar="KEY=JSON")
+    p.add_argument("--priority", type=int, default=0, choices=range(10), metavar="0-9")
+    p.add_argument("--skip-invalid", action="store_true", help="store invalid items as failed instead of rejecting")
+    p.add_argument("--wait", action="store_true", help="show a progress bar until the job ends")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="counts, throughput and timing of a job")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("results", help="one row per item, in input order")
+    p.add_argument("job")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_results)
+
+    for name, func, help_ in [("models", cmd_models, "registered models"), ("jobs", cmd_jobs, "recent jobs")]:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--limit", type=int, default=20)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("cancel", help="cancel a job (workers stop at the next batch)")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("reconcile", help="re-enqueue chunks whose worker lease expired")
+    p.add_argument("--include-queued", action="store_true", help="also resend chunks that never started")
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("redis", help="the private Redis used when SLUICE_BROKER_URL is unset")
+    p.add_argument("action", choices=["start", "stop"])
+    p.set_defaults(func=cmd_redis)
+
+    p = sub.add_parser("demo", help="run a bulk job end to end on the embedded defaults")
+    p.add_argument("--docs", type=int, default=2000)
+    p.add_argument("--model", default="minilm-topics")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, get_settings()))
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SluiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

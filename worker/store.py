@@ -1,0 +1,185 @@
+"""The worker's side of the database contract that makes results exactly-once.
+
+* ``claim`` counts a delivery and takes a lease on the chunk; after ``max_attempts`` deliveries
+  its remaining items fail instead (a poison chunk must not kill workers forever).
+* ``write_results`` updates only items still pending, in one executemany per outcome, and moves
+  the job counters by the rows actually written, in the same transaction, so a redelivered
+  chunk writes nothing twice and counts nothing twice.
+* ``close`` marks the chunk done only if the caller still holds the lease it claimed with.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, and_, bindparam, case, select, update
+
+from sluice.db import Chunk, Item, Job, get_engine, utcnow
+from sluice.status import ChunkStatus, ItemStatus, JobStatus
+from worker.families.base import ItemResult
+
+_items = Item.__table__
+_jobs = Job.__table__
+_chunks = Chunk.__table__
+
+
+@dataclass
+class Claim:
+    """A chunk this worker now holds: the job's settings and its still-pending items."""
+
+    job_id: str
+    idx: int
+    lease: str
+    model: str
+    params: dict[str, Any]
+    items: list[tuple[int, dict[str, Any]]]
+
+
+_WRITE = (
+    update(_items)
+    .where(
+        and_(
+            _items.c.job_id == bindparam("b_job"),
+            _items.c.item == bindparam("b_item"),
+            _items.c.status == ItemStatus.PENDING.value,
+        )
+    )
+    .values(
+        status=bindparam("b_status"),
+        label=bindparam("b_label"),
+        score=bindparam("b_score"),
+        output=bindparam("b_output"),
+        embedding=bindparam("b_embedding"),
+        error=bindparam("b_error"),
+        n_tokens=bindparam("b_tokens"),
+        compute_ms=bindparam("b_ms"),
+        worker=bindparam("b_worker"),
+        finished_at=bindparam("b_at"),
+    )
+)
+
+
+class Store:
+    def __init__(self, database_url: str, max_attempts: int) -> None:
+        self.engine = get_engine(database_url)
+        self.max_attempts = max_attempts
+
+    def claim(self, job_id: str, idx: int) -> Claim | None:
+        """Take the chunk; None when there is nothing to do (done, cancelled, dead-lettered)."""
+        with self.engine.begin() as conn:
+            job = conn.execute(select(_jobs.c.status, _jobs.c.model, _jobs.c.params).where(
+                _jobs.c.id == job_id)).one_or_none()  # fmt: skip
+            chunk = conn.execute(select(_chunks).where(
+                _chunks.c.job_id == job_id, _chunks.c.idx == idx)).one_or_none()  # fmt: skip
+            if job is None or chunk is None or chunk.status == ChunkStatus.DONE:
+                return None
+            if JobStatus(job.status).terminal:
+                self._close(conn, job_id, idx, lease=None)
+                return None
+            lease = str(uuid.uuid4())
+            conn.execute(
+                update(_chunks)
+                .where(_chunks.c.job_id == job_id, _chunks.c.idx == idx)
+                .values(status=ChunkStatus.RUNNING.value, deliveries=_chunks.c.deliveries + 1,
+                        lease=lease, leased_at=utcnow())
+            )  # fmt: skip
+            conn.execute(
+                update(_jobs)
+                .where(_jobs.c.id == job_id, _jobs.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.RUNNING.value, started_at=utcnow())
+            )
+            in_chunk = and_(
+                _items.c.job_id == job_id,
+                _items.c.item >= chunk.start,
+                _items.c.item < chunk.stop,
+                _items.c.status == ItemStatus.PENDING.value,
+            )
+            conn.execute(update(_items).where(in_chunk).values(attempts=_items.c.attempts + 1))
+            rows = conn.execute(select(_items.c.item, _items.c.input).where(in_chunk).order_by(_items.c.item))
+            items = [(r.item, r.input) for r in rows]
+        if chunk.deliveries + 1 > self.max_attempts:
+            self.dead_letter(job_id, idx, lease, items, chunk.deliveries + 1)
+            return None
+        return Claim(job_id, idx, lease, job.model, job.params or {}, items)
+
+    def dead_letter(self, job_id: str, idx: int, lease: str, items: list[tuple[int, Any]], n: int) -> None:
+        error = (
+            f"chunk {idx} was delivered {n} times without finishing (worker lost each time); "
+            f"its items are failed after {self.max_attempts} attempts"
+        )
+        self.write_results(job_id, [ItemResult(item=i, error=error) for i, _ in items], worker=None)
+        self.close(job_id, idx, lease)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        with self.engine.connect() as conn:
+            status = conn.execute(select(_jobs.c.status).where(_jobs.c.id == job_id)).scalar_one_or_none()
+        return status is None or status == JobStatus.CANCELLED
+
+    def write_results(self, job_id: str, results: list[ItemResult], worker: str | None) -> tuple[int, int]:
+        """Store results for items still pending; return (done, failed) rows actually written."""
+        if not results:
+            return 0, 0
+        now = utcnow()
+        ok = [_row(job_id, r, worker, now) for r in results if r.error is None]
+        bad = [_row(job_id, r, worker, now) for r in results if r.error is not None]
+        with self.engine.begin() as conn:
+            done = conn.execute(_WRITE, ok).rowcount if ok else 0
+            failed = conn.execute(_WRITE, bad).rowcount if bad else 0
+            if done or failed:
+                conn.execute(
+                    update(_jobs)
+                    .where(_jobs.c.id == job_id)
+                    .values(done_items=_jobs.c.done_items + done, failed_items=_jobs.c.failed_items + failed)
+                )
+                _finish_job_if_complete(conn, job_id)
+        return done, failed
+
+    def close(self, job_id: str, idx: int, lease: str) -> bool:
+        with self.engine.begin() as conn:
+            return self._close(conn, job_id, idx, lease)
+
+    @staticmethod
+    def _close(conn: Connection, job_id: str, idx: int, lease: str | None) -> bool:
+        cond = [_chunks.c.job_id == job_id, _chunks.c.idx == idx]
+        if lease is not None:
+            cond.append(_chunks.c.lease == lease)
+        res = conn.execute(update(_chunks).where(*cond).values(status=ChunkStatus.DONE.value))
+        return bool(res.rowcount)
+
+
+def _finish_job_if_complete(conn: Connection, job_id: str) -> None:
+    conn.execute(
+        update(_jobs)
+        .where(
+            _jobs.c.id == job_id,
+            _jobs.c.done_items + _jobs.c.failed_items >= _jobs.c.total_items,
+            _jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+        )
+        .values(
+            status=case((_jobs.c.done_items == 0, JobStatus.FAILED.value), else_=JobStatus.COMPLETED.value),
+            finished_at=utcnow(),
+        )
+    )
+
+
+def _row(job_id: str, r: ItemResult, worker: str | None, now: Any) -> dict[str, Any]:
+    embedding = None
+    if r.embedding is not None:
+        embedding = np.ascontiguousarray(r.embedding, dtype="<f4").tobytes()
+    return {
+        "b_job": job_id,
+        "b_item": r.item,
+        "b_status": (ItemStatus.FAILED if r.error else ItemStatus.DONE).value,
+        "b_label": r.label,
+        "b_score": r.score,
+        "b_output": r.output,
+        "b_embedding": embedding,
+        "b_error": r.error,
+        "b_tokens": r.n_tokens,
+        "b_ms": r.compute_ms,
+        "b_worker": worker,
+        "b_at": now,
+    }

@@ -1,0 +1,34 @@
+"""Celery glue: the one task that turns a chunk message into stored results.
+
+Messages carry references (job id, chunk index), never documents. The runtime is created once
+per worker process by :func:`init_runtime` before the worker starts consuming.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sluice.celery_app import PROCESS_CHUNK, app
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger("sluice.worker")
+_runtime: WorkerRuntime | None = None
+
+
+def init_runtime(runtime: WorkerRuntime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+@app.task(name=PROCESS_CHUNK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def process_chunk(job_id: str, idx: int) -> dict[str, object]:
+    if _runtime is None:
+        raise RuntimeError("worker runtime not initialised; start workers with `sluice worker`")
+    report = _runtime.process_chunk(job_id, idx)
+    stats = report.stats
+    log.info(
+        "chunk %s/%s: %d done, %d failed%s",
+        job_id, idx, report.written, report.failed,
+        f", padding efficiency {stats.padding_efficiency:.2f}" if stats and stats.features else "",
+    )  # fmt: skip
+    return {"written": report.written, "failed": report.failed, "skipped": report.skipped}
