@@ -1,0 +1,70 @@
+"""A real stack per database backend: migrated database, registry of tiny models, worker process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+
+import pytest
+
+from producer.client import Client
+from sluice import migrate
+from sluice.celery_app import create_app
+from sluice.process import start_worker, stop_worker, wait_for_worker
+from sluice.registry import BUNDLED_REGISTRY
+from sluice.settings import Settings
+from tests.conftest import make_settings, settings_env
+from tests.models import all_cases, registry_toml
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    client: Client
+    worker: Popen[bytes]
+    env: dict[str, str]
+    model_dirs: dict[str, Path]
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every oracle case's tiny model, built once per session."""
+    root = tmp_path_factory.mktemp("models")
+    return {case.model: case.build(root / case.model) for case in all_cases()}
+
+
+@pytest.fixture(scope="session")
+def registry_file(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cases = {case.model: case for case in all_cases()}
+    entries = {
+        name: {"task": cases[name].task, "path": str(path), **cases[name].registry} for name, path in model_dirs.items()
+    }
+    path = tmp_path_factory.mktemp("registry") / "models.toml"
+    path.write_text(BUNDLED_REGISTRY.read_text(encoding="utf-8") + "\n" + registry_toml(entries), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack(
+    database_url: str, broker_url: str, registry_file: Path, model_dirs: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:  # fmt: skip
+    var = tmp_path_factory.mktemp("var")
+    settings = make_settings(database_url, broker_url, var, models_file=registry_file, chunk_size=64)
+    migrate.upgrade(settings)
+    env = settings_env(settings)
+    hostname = f"test-{os.getpid()}-{var.name}@localhost"
+    proc = start_worker(env, ["minilm"], var / "worker.log", hostname=hostname)
+    try:
+        wait_for_worker(create_app(settings), hostname, proc)
+    except Exception:
+        stop_worker(proc)
+        print((var / "worker.log").read_text(errors="replace")[-5000:])
+        raise
+    yield Stack(settings, Client(settings), proc, env, model_dirs)
+    stop_worker(proc)
