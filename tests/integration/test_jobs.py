@@ -105,7 +105,7 @@ def test_cli_param_and_txt_input(stack: Stack, tmp_path: Path) -> None:
 
 def test_unknown_model_is_rejected_before_anything_is_written(stack: Stack) -> None:
     before = len(stack.client.jobs(limit=1000))
-    with pytest.raises(UnknownModelError, match="not registered .*minilm"):
+    with pytest.raises(UnknownModelError, match=r"not registered .*minilm"):
         stack.client.submit("no-such-model", ["text"])
     assert len(stack.client.jobs(limit=1000)) == before
 
@@ -145,5 +145,5 @@ def test_megabyte_document_is_truncated_not_crashed(stack: Stack) -> None:
 
 
 def test_oversize_document_is_rejected_with_the_limit(stack: Stack) -> None:
-    with pytest.raises(ValidationError, match="over the limit of 2,000,000.*SLUICE_MAX_ITEM_CHARS"):
+    with pytest.raises(ValidationError, match=r"over the limit of 2,000,000.*SLUICE_MAX_ITEM_CHARS"):
         stack.client.submit("tiny-clf", ["x" * 2_000_001])
