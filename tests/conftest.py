@@ -59,11 +59,10 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop_embedded(var)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the PostgreSQL server, dropped at the end of the session."""
+def _postgres_database(suffix: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server, dropped afterwards."""
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"sluice_test_{RUN_ID}"
+    name = f"sluice_test_{RUN_ID}_{suffix}"
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -81,10 +80,21 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The database the session's worker stack uses, one per backend."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'sluice.db'}"
-    return str(request.getfixturevalue("postgres_url"))
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'sluice.db'}"
+    else:
+        yield from _postgres_database("stack")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each backend for one test (migrations, store contract)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+    else:
+        yield from _postgres_database(uuid.uuid4().hex[:8])
 
 
 def make_settings(database_url: str, broker_url: str, var_dir: Path, **extra: object) -> Settings:

@@ -1,0 +1,83 @@
+"""The exactly-once database contract, against SQLite and PostgreSQL (no worker needed)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from producer.client import Client
+from producer.reconcile import stale_chunks
+from sluice import migrate
+from sluice.db import Chunk, get_engine, utcnow
+from sluice.status import JobStatus
+from tests.conftest import make_settings
+from worker.families.base import ItemResult
+from worker.store import Store
+
+
+@pytest.fixture
+def client(fresh_database_url: str, broker_url: str, tmp_path: Path) -> Client:
+    settings = make_settings(fresh_database_url, broker_url, tmp_path, chunk_size=4, max_attempts=2)
+    migrate.upgrade(settings)
+    client = Client(settings)
+    client.enqueue = lambda *a, **k: None  # type: ignore[method-assign]  # no worker here: keep Redis clean
+    return client
+
+
+def test_redelivered_chunk_writes_and_counts_nothing_twice(client: Client) -> None:
+    job = client.submit("minilm", [f"doc {i}" for i in range(6)])
+    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    first = store.claim(job, 0)
+    second = store.claim(job, 0)  # a redelivery while the first is still running
+    assert first and second and [i for i, _ in first.items] == [0, 1, 2, 3]
+    results = [ItemResult(item=i, label="x", score=0.5) for i in range(4)]
+    assert store.write_results(job, results, "w1") == (4, 0)
+    assert store.write_results(job, results, "w2") == (0, 0)
+    assert not store.close(job, 0, first.lease)  # the lease moved to the second delivery
+    assert store.close(job, 0, second.lease)
+    assert store.claim(job, 0) is None  # done chunks are not claimed again
+    info = client.status(job)
+    assert (info.done, info.failed, info.status) == (4, 0, JobStatus.RUNNING)
+    claim = store.claim(job, 1)
+    assert claim is not None
+    store.write_results(job, [ItemResult(item=4, label="y", score=1.0), ItemResult(item=5, error="bad")], "w1")
+    info = client.status(job)
+    assert (info.done, info.failed, info.status) == (5, 1, JobStatus.COMPLETED)
+
+
+def test_poison_chunk_is_dead_lettered_after_max_attempts(client: Client) -> None:
+    job = client.submit("minilm", ["a", "b"])
+    store = Store(client.settings.resolved_database_url, max_attempts=2)
+    assert store.claim(job, 0) is not None
+    assert store.claim(job, 0) is not None
+    assert store.claim(job, 0) is None  # third delivery: the items fail instead
+    rows = list(client.results(job))
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "delivered 3 times" in rows[0]["error"]
+    assert client.status(job).status is JobStatus.FAILED
+
+
+def test_cancelled_job_is_not_claimed(client: Client) -> None:
+    job = client.submit("minilm", ["a"])
+    assert client.cancel(job)
+    assert Store(client.settings.resolved_database_url, 3).claim(job, 0) is None
+    assert not client.cancel(job)
+
+
+def test_reconcile_finds_expired_leases_and_unsent_chunks(client: Client) -> None:
+    job = client.submit("minilm", [str(i) for i in range(10)])  # chunks 0, 1, 2; never enqueued here
+    assert stale_chunks(client)[(job, 0)] == [0, 1, 2]
+    engine = get_engine(client.settings.resolved_database_url)
+    with engine.begin() as conn:
+        conn.execute(update(Chunk.__table__).where(Chunk.job_id == job).values(enqueued_at=utcnow()))
+    assert job not in {j for j, _ in stale_chunks(client)}
+    store = Store(client.settings.resolved_database_url, 3)
+    store.claim(job, 1)
+    long_ago = utcnow() - timedelta(seconds=client.settings.lease_seconds + 1)
+    with engine.begin() as conn:
+        conn.execute(update(Chunk.__table__).where(Chunk.job_id == job, Chunk.idx == 1).values(leased_at=long_ago))
+    assert stale_chunks(client)[(job, 0)] == [1]
+    assert stale_chunks(client, include_queued=True)[(job, 0)] == [0, 1, 2]
