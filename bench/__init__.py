@@ -1,0 +1,1 @@
+"""Throughput benchmark: Sluice against what users would otherwise write, measured in one run."""
