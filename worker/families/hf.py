@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sluice.errors import ItemError
+from sluice.registry import ModelSpec
 from worker.families.base import Feature, ItemResult, TaskFamily
 
 # Tokenizers report "no limit" as a huge sentinel; anything above this is not a real model limit.
@@ -15,6 +16,21 @@ def torch_dtype(name: str) -> Any:
     import torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_model(spec: ModelSpec, auto_class: str, device: str) -> Any:
+    """``transformers.<auto_class>.from_pretrained`` in the spec's dtype (float32 off GPU), eval mode, on ``device``."""
+    import transformers
+
+    remote = spec.trust_remote_code
+    dtype = torch_dtype(spec.dtype) if device.startswith("cuda") else torch_dtype("float32")
+    cls = getattr(transformers, auto_class)
+    try:
+        model = cls.from_pretrained(spec.path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=remote)
+    except (ValueError, ImportError):
+        # Architectures without an SDPA kernel fall back to their default attention.
+        model = cls.from_pretrained(spec.path, dtype=dtype, trust_remote_code=remote)
+    return model.to(device).eval()
 
 
 class HFTextFamily(TaskFamily):
@@ -33,16 +49,7 @@ class HFTextFamily(TaskFamily):
         transformers.utils.logging.disable_progress_bar()
         remote = self.spec.trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path, trust_remote_code=remote)
-        dtype = torch_dtype(self.spec.dtype) if self.device.startswith("cuda") else torch_dtype("float32")
-        cls = getattr(transformers, self.auto_class)
-        try:
-            model = cls.from_pretrained(
-                self.spec.path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=remote
-            )
-        except (ValueError, ImportError):
-            # Architectures without an SDPA kernel fall back to their default attention.
-            model = cls.from_pretrained(self.spec.path, dtype=dtype, trust_remote_code=remote)
-        self.model = model.to(self.device).eval()
+        self.model = load_model(self.spec, self.auto_class, self.device)
         self.max_length = self._resolve_max_length()
 
     def _resolve_max_length(self) -> int:
@@ -100,4 +107,4 @@ class HFTextFamily(TaskFamily):
         self.tokenizer = None
 
 
-__all__ = ["HFTextFamily", "ItemError", "torch_dtype"]
+__all__ = ["HFTextFamily", "ItemError", "load_model", "torch_dtype"]

@@ -35,6 +35,16 @@ def apply_score_function(logits: np.ndarray, function: str) -> np.ndarray:
     return logits
 
 
+def model_labels(spec: ModelSpec, config: Any) -> list[str]:
+    """Output labels: the registry's ``labels`` when given, else the model config's ``id2label``."""
+    labels = list(spec.labels or [config.id2label[i] for i in range(config.num_labels)])
+    if len(labels) != config.num_labels:
+        raise ValidationError(
+            f"registry model {spec.name!r} names {len(labels)} labels but the model has {config.num_labels} outputs"
+        )
+    return labels
+
+
 def ranked(labels: list[str], scores: np.ndarray) -> list[dict[str, Any]]:
     """Labels with scores, best first (ties keep label order, as a stable sort does)."""
     order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
@@ -52,14 +62,8 @@ class TextClassification(HFTextFamily):
 
     def setup(self) -> None:
         super().setup()
-        config = self.model.config
-        self.labels = list(self.spec.labels or [config.id2label[i] for i in range(config.num_labels)])
-        if len(self.labels) != config.num_labels:
-            raise ValidationError(
-                f"registry model {self.spec.name!r} names {len(self.labels)} labels "
-                f"but the model has {config.num_labels} outputs"
-            )
-        self.function = score_function(config.problem_type, config.num_labels)
+        self.labels = model_labels(self.spec, self.model.config)
+        self.function = score_function(self.model.config.problem_type, self.model.config.num_labels)
 
     def forward(self, batch: dict[str, Any]) -> Any:
         return self.model(**self.model_inputs(batch)).logits.float().cpu().numpy()
