@@ -21,10 +21,18 @@ class Settings(BaseSettings):
     chunk_size: int = Field(512, ge=1, description="Items per chunk message; bounds redelivery work.")
     max_batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass.")
     max_batch_size: int = Field(128, ge=1, description="Items per forward pass.")
+    coalesce_chunks: int = Field(
+        32, ge=0, description="Queued chunks of other jobs a worker may merge into a small chunk's batches."
+    )
     max_item_chars: int = Field(2_000_000, ge=1, description="Longest text field accepted at submit.")
     max_attempts: int = Field(3, ge=1, description="Deliveries of a chunk before its items fail.")
     visibility_timeout: int = Field(3600, ge=60, description="Seconds before Redis redelivers unacked work.")
     lease_seconds: int = Field(900, ge=10, description="A running chunk older than this is re-enqueued.")
+
+    image_url_prefixes: list[str] = Field(
+        [],
+        description="URL prefixes an item's image may be fetched from (JSON list); local paths only when empty.",
+    )
 
     device: str = Field("cpu", description="Default torch device of a worker.")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; all cores when unset.")

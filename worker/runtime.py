@@ -11,12 +11,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sluice.registry import Registry, load_registry
 from sluice.settings import Settings
 from worker.engine import BatchStats, Engine
 from worker.families import family_for
-from worker.families.base import TaskFamily
+from worker.families.base import ItemResult, TaskFamily
 from worker.store import Claim, Store
 
 log = logging.getLogger("sluice.worker")
@@ -67,7 +68,7 @@ class WorkerRuntime:
         self.settings = settings
         self.device = device or settings.device
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
-        self.store = Store(settings.resolved_database_url, settings.max_attempts)
+        self.store = Store(settings.resolved_database_url, settings.max_attempts, settings.lease_seconds)
         self.pool = ModelPool(load_registry(settings.models_file), self.device)
 
     def preload(self, names: list[str]) -> None:
@@ -78,21 +79,55 @@ class WorkerRuntime:
         claim = self.store.claim(job_id, idx)
         if claim is None:
             return ChunkReport(skipped=True)
-        report = self._run(claim)
-        self.store.close(job_id, idx, claim.lease)
+        claims = [claim, *self._coalesce(claim)]
+        report = self._run(claims)
+        for c in claims:
+            self.store.close(c.job_id, c.idx, c.lease)
         return report
 
-    def _run(self, claim: Claim) -> ChunkReport:
+    def _coalesce(self, claim: Claim) -> list[Claim]:
+        """Cross-job coalescing: when this chunk cannot fill a batch, take queued chunks of other
+        jobs for the same model straight from the database so they share forward passes.
+
+        Their Redis messages stay queued; when they arrive, the chunks are found done (or leased)
+        and acked without work. If this worker dies first, those messages (or the reconciler,
+        once the lease expires) bring the chunks back: nothing is acked before it is committed.
+        """
+        limit = self.settings.coalesce_chunks
+        if not limit or len(claim.items) >= self.settings.max_batch_size:
+            return []
+        taken: list[Claim] = []
+        wanted = 2 * self.settings.max_batch_size - len(claim.items)
+        for job_id, idx in self.store.queued_chunks(claim.model, limit, (claim.job_id, claim.idx)):
+            other = self.store.claim(job_id, idx, only_queued=True)
+            if other is not None:
+                taken.append(other)
+                wanted -= len(other.items)
+                if wanted <= 0:
+                    break
+        return taken
+
+    def _run(self, claims: list[Claim]) -> ChunkReport:
         report = ChunkReport(stats=BatchStats())
-        family = self.pool.get(claim.model)
+        family = self.pool.get(claims[0].model)
         engine = Engine(family, self.settings.max_batch_tokens, self.settings.max_batch_size)
-        # Job-level params are defaults that an item's own fields override.
-        items = [(i, {**claim.params, **fields}) for i, fields in claim.items]
+        # The engine numbers items 0..n-1 across all claimed chunks; keys maps them back to
+        # (job, item). Job-level params are defaults that an item's own fields override.
+        keys: list[tuple[str, int]] = []
+        items: list[tuple[int, dict[str, Any]]] = []
+        for c in claims:
+            for item, fields in c.items:
+                items.append((len(keys), {**c.params, **fields}))
+                keys.append((c.job_id, item))
         for results, stats in engine.run(items):
-            done, failed = self.store.write_results(claim.job_id, results, self.hostname)
+            by_job: dict[str, list[ItemResult]] = {}
+            for r in results:
+                job_id, r.item = keys[r.item]
+                by_job.setdefault(job_id, []).append(r)
+            done, failed = self.store.write_results(by_job, self.hostname)
             report.written += done
             report.failed += failed
             report.stats.add(stats)  # type: ignore[union-attr]
-            if self.store.is_cancelled(claim.job_id):
+            if self.store.is_cancelled(claims[0].job_id):
                 break
         return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, timedelta
 from typing import Any
 
 import numpy as np
@@ -63,12 +64,18 @@ _WRITE = (
 
 
 class Store:
-    def __init__(self, database_url: str, max_attempts: int) -> None:
+    def __init__(self, database_url: str, max_attempts: int, lease_seconds: int = 900) -> None:
         self.engine = get_engine(database_url)
         self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
 
-    def claim(self, job_id: str, idx: int) -> Claim | None:
-        """Take the chunk; None when there is nothing to do (done, cancelled, dead-lettered)."""
+    def claim(self, job_id: str, idx: int, only_queued: bool = False) -> Claim | None:
+        """Take the chunk; None when there is nothing to do.
+
+        Nothing to do: the chunk is done, its job ended, another worker holds a fresh lease on it
+        (a coalescing worker took it from the database before its message arrived), it was
+        dead-lettered, or ``only_queued`` and someone else already started it.
+        """
         with self.engine.begin() as conn:
             job = conn.execute(select(_jobs.c.status, _jobs.c.model, _jobs.c.params).where(
                 _jobs.c.id == job_id)).one_or_none()  # fmt: skip
@@ -79,13 +86,20 @@ class Store:
             if JobStatus(job.status).terminal:
                 self._close(conn, job_id, idx, lease=None)
                 return None
+            if only_queued and chunk.status != ChunkStatus.QUEUED:
+                return None
+            if chunk.status == ChunkStatus.RUNNING and not self._lease_expired(chunk.leased_at):
+                return None
             lease = str(uuid.uuid4())
-            conn.execute(
+            taken = conn.execute(
                 update(_chunks)
-                .where(_chunks.c.job_id == job_id, _chunks.c.idx == idx)
+                .where(_chunks.c.job_id == job_id, _chunks.c.idx == idx, _chunks.c.status == chunk.status,
+                       _chunks.c.deliveries == chunk.deliveries)
                 .values(status=ChunkStatus.RUNNING.value, deliveries=_chunks.c.deliveries + 1,
                         lease=lease, leased_at=utcnow())
-            )  # fmt: skip
+            ).rowcount  # fmt: skip
+            if not taken:  # another worker claimed it between our read and our write
+                return None
             conn.execute(
                 update(_jobs)
                 .where(_jobs.c.id == job_id, _jobs.c.status == JobStatus.QUEUED.value)
@@ -105,12 +119,33 @@ class Store:
             return None
         return Claim(job_id, idx, lease, job.model, job.params or {}, items)
 
+    def _lease_expired(self, leased_at: Any) -> bool:
+        if leased_at is None:
+            return True
+        if leased_at.tzinfo is None:  # SQLite returns naive UTC
+            leased_at = leased_at.replace(tzinfo=UTC)
+        return bool(utcnow() - leased_at > timedelta(seconds=self.lease_seconds))
+
+    def queued_chunks(self, model: str, limit: int, exclude: tuple[str, int]) -> list[tuple[str, int]]:
+        """Queued chunks of other jobs for the same model, most urgent first: coalescing candidates."""
+        query = (
+            select(_chunks.c.job_id, _chunks.c.idx)
+            .join(_jobs, _jobs.c.id == _chunks.c.job_id)
+            .where(_chunks.c.status == ChunkStatus.QUEUED.value, _jobs.c.model == model,
+                   _jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+            .order_by(_jobs.c.priority.desc(), _jobs.c.created_at, _chunks.c.idx)
+            .limit(limit + 1)
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            found = [(r.job_id, r.idx) for r in conn.execute(query)]
+        return [c for c in found if c != exclude][:limit]
+
     def dead_letter(self, job_id: str, idx: int, lease: str, items: list[tuple[int, Any]], n: int) -> None:
         error = (
             f"chunk {idx} was delivered {n} times without finishing (worker lost each time); "
             f"its items are failed after {self.max_attempts} attempts"
         )
-        self.write_results(job_id, [ItemResult(item=i, error=error) for i, _ in items], worker=None)
+        self.write_results({job_id: [ItemResult(item=i, error=error) for i, _ in items]}, worker=None)
         self.close(job_id, idx, lease)
 
     def is_cancelled(self, job_id: str) -> bool:
@@ -118,24 +153,29 @@ class Store:
             status = conn.execute(select(_jobs.c.status).where(_jobs.c.id == job_id)).scalar_one_or_none()
         return status is None or status == JobStatus.CANCELLED
 
-    def write_results(self, job_id: str, results: list[ItemResult], worker: str | None) -> tuple[int, int]:
-        """Store results for items still pending; return (done, failed) rows actually written."""
-        if not results:
-            return 0, 0
+    def write_results(self, results: dict[str, list[ItemResult]], worker: str | None) -> tuple[int, int]:
+        """Store results (by job) for items still pending, in one transaction.
+
+        Returns the (done, failed) rows actually written; each job's counters move by its own.
+        """
         now = utcnow()
-        ok = [_row(job_id, r, worker, now) for r in results if r.error is None]
-        bad = [_row(job_id, r, worker, now) for r in results if r.error is not None]
+        total_done = total_failed = 0
         with self.engine.begin() as conn:
-            done = conn.execute(_WRITE, ok).rowcount if ok else 0
-            failed = conn.execute(_WRITE, bad).rowcount if bad else 0
-            if done or failed:
-                conn.execute(
-                    update(_jobs)
-                    .where(_jobs.c.id == job_id)
-                    .values(done_items=_jobs.c.done_items + done, failed_items=_jobs.c.failed_items + failed)
-                )
-                _finish_job_if_complete(conn, job_id)
-        return done, failed
+            for job_id, rows in results.items():
+                ok = [_row(job_id, r, worker, now) for r in rows if r.error is None]
+                bad = [_row(job_id, r, worker, now) for r in rows if r.error is not None]
+                done = conn.execute(_WRITE, ok).rowcount if ok else 0
+                failed = conn.execute(_WRITE, bad).rowcount if bad else 0
+                if done or failed:
+                    conn.execute(
+                        update(_jobs)
+                        .where(_jobs.c.id == job_id)
+                        .values(done_items=_jobs.c.done_items + done, failed_items=_jobs.c.failed_items + failed)
+                    )
+                    _finish_job_if_complete(conn, job_id)
+                total_done += done
+                total_failed += failed
+        return total_done, total_failed
 
     def close(self, job_id: str, idx: int, lease: str) -> bool:
         with self.engine.begin() as conn:

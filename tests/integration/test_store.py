@@ -31,11 +31,13 @@ def test_redelivered_chunk_writes_and_counts_nothing_twice(client: Client) -> No
     job = client.submit("minilm", [f"doc {i}" for i in range(6)])
     store = Store(client.settings.resolved_database_url, max_attempts=5)
     first = store.claim(job, 0)
-    second = store.claim(job, 0)  # a redelivery while the first is still running
+    assert store.claim(job, 0) is None  # leased and fresh: a duplicate message does no work
+    expired = Store(client.settings.resolved_database_url, max_attempts=5, lease_seconds=0)
+    second = expired.claim(job, 0)  # a redelivery after the first worker's lease ran out
     assert first and second and [i for i, _ in first.items] == [0, 1, 2, 3]
     results = [ItemResult(item=i, label="x", score=0.5) for i in range(4)]
-    assert store.write_results(job, results, "w1") == (4, 0)
-    assert store.write_results(job, results, "w2") == (0, 0)
+    assert store.write_results({job: results}, "w1") == (4, 0)
+    assert store.write_results({job: results}, "w2") == (0, 0)
     assert not store.close(job, 0, first.lease)  # the lease moved to the second delivery
     assert store.close(job, 0, second.lease)
     assert store.claim(job, 0) is None  # done chunks are not claimed again
@@ -43,21 +45,35 @@ def test_redelivered_chunk_writes_and_counts_nothing_twice(client: Client) -> No
     assert (info.done, info.failed, info.status) == (4, 0, JobStatus.RUNNING)
     claim = store.claim(job, 1)
     assert claim is not None
-    store.write_results(job, [ItemResult(item=4, label="y", score=1.0), ItemResult(item=5, error="bad")], "w1")
+    store.write_results({job: [ItemResult(item=4, label="y", score=1.0), ItemResult(item=5, error="bad")]}, "w1")
     info = client.status(job)
     assert (info.done, info.failed, info.status) == (5, 1, JobStatus.COMPLETED)
 
 
 def test_poison_chunk_is_dead_lettered_after_max_attempts(client: Client) -> None:
     job = client.submit("minilm", ["a", "b"])
-    store = Store(client.settings.resolved_database_url, max_attempts=2)
+    store = Store(client.settings.resolved_database_url, max_attempts=2, lease_seconds=0)
     assert store.claim(job, 0) is not None
-    assert store.claim(job, 0) is not None
+    assert store.claim(job, 0) is not None  # the first worker died: its lease expired
     assert store.claim(job, 0) is None  # third delivery: the items fail instead
     rows = list(client.results(job))
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert "delivered 3 times" in rows[0]["error"]
     assert client.status(job).status is JobStatus.FAILED
+
+
+def test_queued_chunks_of_the_same_model_can_be_coalesced(client: Client) -> None:
+    low = client.submit("minilm", ["a"], priority=0)
+    high = client.submit("minilm", ["b"], priority=9)
+    other = client.submit("minilm-topics", ["c"], params={"candidate_labels": ["x"]})
+    mine = client.submit("minilm", ["d"])
+    store = Store(client.settings.resolved_database_url, 3)
+    assert store.claim(mine, 0) is not None
+    assert store.queued_chunks("minilm", 10, (mine, 0)) == [(high, 0), (low, 0)]
+    assert store.claim(high, 0, only_queued=True) is not None
+    assert store.claim(high, 0, only_queued=True) is None  # taken: nobody else may coalesce it
+    assert store.queued_chunks("minilm", 10, (mine, 0)) == [(low, 0)]
+    assert other not in {j for j, _ in store.queued_chunks("minilm", 10, (mine, 0))}
 
 
 def test_cancelled_job_is_not_claimed(client: Client) -> None:

@@ -5,18 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.models import OracleCase
-from tests.models.images import image_inputs
+from tests.models.images import check_ranked, image_inputs
 
-TOL = 1e-4
 LABELS = ("cat", "dog", "bird", "car", "tree", "boat", "house", "cup")
 
 
 def build_image_classifier(path: Path, labels: tuple[str, ...] = LABELS, problem_type: str | None = None,
                            seed: int = 0) -> Path:  # fmt: skip
-    """A 2-layer ViT on 32×32 images in 8×8 patches, random (seeded) weights, with its image processor."""
+    """A 2-layer ViT on 32x32 images in 8x8 patches, random (seeded) weights, with its image processor."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
@@ -50,15 +47,6 @@ def pipeline_rows(path: Path, inputs: list[dict[str, Any]], params: dict[str, An
     return [clf(x["image"], top_k={**params, **x}.get("top_k", 5)) for x in inputs]
 
 
-def check(expected: list[dict[str, Any]], actual: dict[str, Any]) -> None:
-    assert actual["error"] is None, actual["error"]
-    assert actual["label"] == expected[0]["label"]
-    assert actual["score"] == pytest.approx(expected[0]["score"], abs=TOL)
-    got = actual["output"]["scores"]
-    assert [s["label"] for s in got] == [s["label"] for s in expected]
-    assert [s["score"] for s in got] == pytest.approx([s["score"] for s in expected], abs=TOL)
-
-
 def _mixed_top_k() -> list[dict[str, Any]]:
     """The job's top_k (3), one item's own (1), and one past the number of labels (clamped, as the pipeline does)."""
     own = {0: {"top_k": 1}, 1: {"top_k": 10}, 2: {}}
@@ -67,8 +55,8 @@ def _mixed_top_k() -> list[dict[str, Any]]:
 
 CASES = [
     OracleCase("tiny-vit", "image-classification", lambda p: build_image_classifier(p), image_inputs,
-               pipeline_rows, check),
+               pipeline_rows, check_ranked),
     OracleCase("tiny-vit-multilabel", "image-classification",
                lambda p: build_image_classifier(p, LABELS[:4], "multi_label_classification", seed=1),
-               _mixed_top_k, pipeline_rows, check, params={"top_k": 3}),
+               _mixed_top_k, pipeline_rows, check_ranked, params={"top_k": 3}),
 ]  # fmt: skip

@@ -17,6 +17,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+TOL = 1e-4
+
 # (width, height, mode, format): every mode each format can store, sizes from 8 px to far past 32.
 KINDS = [
     (32, 32, "RGB", "PNG"),
@@ -80,3 +84,13 @@ def image_paths() -> list[str]:
 def image_inputs() -> list[dict[str, Any]]:
     """One item per test image: ``{"image": absolute path}``."""
     return [{"image": path} for path in image_paths()]
+
+
+def check_ranked(expected: list[dict[str, Any]], actual: dict[str, Any]) -> None:
+    """A stored row against a pipeline's ranked ``[{"label", "score"}, ...]``: same labels in order, scores to 1e-4."""
+    assert actual["error"] is None, actual["error"]
+    assert actual["label"] == expected[0]["label"]
+    assert actual["score"] == pytest.approx(expected[0]["score"], abs=TOL)
+    got = actual["output"]["scores"]
+    assert [s["label"] for s in got] == [s["label"] for s in expected]
+    assert [s["score"] for s in got] == pytest.approx([s["score"] for s in expected], abs=TOL)

@@ -1,0 +1,140 @@
+"""What the image families share: where an item's image may come from, and batching pixel values.
+
+An item's ``image`` field is a local file path, or an ``http(s)`` URL under one of the prefixes in
+``SLUICE_IMAGE_URL_PREFIXES`` (none by default, so a worker fetches nothing unless told to). Submit
+time checks that a path exists and holds an image PIL can read, and that a URL is allowed, without
+fetching it; run time checks the prefix again (a worker obeys its own settings) and loads with
+``transformers.image_utils.load_image``, as the pipelines do (EXIF orientation applied, RGB).
+
+Every image costs the same in the token budget: the number of patches of its processed pixels,
+so ``max_batch_tokens`` still bounds how many images go into one forward pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sluice.errors import ItemError, ValidationError
+from sluice.registry import ModelSpec
+from sluice.settings import get_settings
+from worker.families.base import Feature, ItemResult, TaskFamily, text_field
+from worker.families.hf import load_model
+
+URL_SCHEMES = ("http://", "https://")
+#: seconds to wait for an image URL; a slow server fails its item instead of stalling the chunk
+URL_TIMEOUT_S = 30.0
+#: patch side used to price an image when the model's config names none (CNNs)
+DEFAULT_PATCH = 16
+
+
+def _url_error(url: str, item: int, name: str, prefixes: list[str]) -> str | None:
+    if any(url.startswith(prefix) for prefix in prefixes):
+        return None
+    allowed = ", ".join(repr(p) for p in prefixes) if prefixes else "none"
+    return (
+        f"item {item}: field {name!r}: URL {url!r} is not under an allowed prefix (allowed: {allowed}); "
+        "add its prefix to SLUICE_IMAGE_URL_PREFIXES (a JSON list, e.g. '[\"https://images.example.com/\"]') "
+        "or give a local path"
+    )
+
+
+def validate_image(fields: dict[str, Any], item: int, name: str = "image") -> None:
+    """Submit-time check of an image field, without a model and without fetching URLs."""
+    source = str(text_field(fields, name, item))
+    if source.startswith(URL_SCHEMES):
+        error = _url_error(source, item, name, get_settings().image_url_prefixes)
+        if error:
+            raise ValidationError(error)
+        return
+    path = Path(source)
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ValidationError(f"item {item}: field {name!r}: {source!r} {what}; give an image file path or a URL")
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as exc:
+        raise ValidationError(f"item {item}: field {name!r}: {source!r} is not a readable image ({exc})") from exc
+
+
+def load_image(source: str, item: int, name: str = "image") -> Any:
+    """The item's image as an RGB PIL image; raises :class:`ItemError` when it cannot be had."""
+    if source.startswith(URL_SCHEMES):
+        error = _url_error(source, item, name, get_settings().image_url_prefixes)
+        if error:
+            raise ItemError(error)
+    elif not Path(source).is_file():
+        raise ItemError(f"item {item}: field {name!r}: {source!r} does not exist")
+    from transformers.image_utils import load_image as hf_load_image
+
+    try:
+        return hf_load_image(source, timeout=URL_TIMEOUT_S)
+    except Exception as exc:
+        raise ItemError(f"item {item}: field {name!r}: cannot read image {source!r}: {exc}") from exc
+
+
+class HFImageFamily(TaskFamily):
+    """A family whose items are one image each, run through an image processor and one model.
+
+    ``processor_class`` loads what preprocesses the inputs (for text-and-image models a processor
+    holding both a tokenizer and an image processor); features carry processed pixel values in
+    ``meta`` and :meth:`collate` stacks them.
+    """
+
+    text_fields: ClassVar[tuple[str, ...]] = ()
+    auto_class: ClassVar[str] = "AutoModel"
+    processor_class: ClassVar[str] = "AutoImageProcessor"
+
+    processor: Any
+    image_processor: Any
+    model: Any
+
+    @classmethod
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
+        validate_image(fields, item)
+
+    def setup(self) -> None:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        remote = self.spec.trust_remote_code
+        # No backend is forced: without torchvision, transformers picks its PIL processors, as the pipelines do.
+        self.processor = getattr(transformers, self.processor_class).from_pretrained(
+            self.spec.path, trust_remote_code=remote
+        )
+        self.image_processor = getattr(self.processor, "image_processor", self.processor)
+        self.model = load_model(self.spec, self.auto_class, self.device)
+        config = self.model.config
+        vision = getattr(config, "vision_config", None) or config
+        patch = getattr(vision, "patch_size", None)
+        self.patch = patch if isinstance(patch, int) and patch > 0 else DEFAULT_PATCH
+
+    def preprocess(self, item: int, fields: dict[str, Any]) -> list[Feature] | ItemResult:  # type: ignore[override]
+        try:
+            image = load_image(str(fields.get("image", "")), item)
+        except ItemError as exc:
+            return ItemResult(item=item, error=str(exc))
+        pixels = self.image_processor(images=image, return_tensors="np")["pixel_values"][0]
+        cost = max(1, int(pixels.shape[-2] * pixels.shape[-1]) // (self.patch * self.patch))
+        return [Feature(item=item, ids={}, length=cost, meta={"pixel_values": pixels, **self.item_meta(item, fields)})]
+
+    def item_meta(self, item: int, fields: dict[str, Any]) -> dict[str, Any]:
+        """Per-item options the family needs after the forward pass (labels, top_k, ...)."""
+        return {}
+
+    def collate(self, features: list[Feature]) -> dict[str, Any]:
+        import torch
+
+        pixels = torch.from_numpy(np.stack([f.meta["pixel_values"] for f in features]))
+        if self.device.startswith("cuda"):
+            pixels = pixels.pin_memory()
+        return {"pixel_values": pixels.to(self.device, dtype=self.model.dtype, non_blocking=True)}
+
+    def release(self) -> None:
+        self.model = None
+        self.processor = self.image_processor = None
