@@ -14,7 +14,10 @@ def test_jsonl_txt_csv(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("first line\r\n\nsecond\n", encoding="utf-8")
     assert list(read_input(tmp_path / "a.txt")) == [{"text": "first line"}, {"text": "second"}]
     (tmp_path / "a.csv").write_text('text,lang\n"hello, world",en\nbye,fr\n', encoding="utf-8")
-    assert list(read_input(tmp_path / "a.csv")) == [{"text": "hello, world", "lang": "en"}, {"text": "bye", "lang": "fr"}]
+    assert list(read_input(tmp_path / "a.csv")) == [
+        {"text": "hello, world", "lang": "en"},
+        {"text": "bye", "lang": "fr"},
+    ]
 
 
 def test_unreadable_lines_keep_their_position(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def test_bundled_registry_resolves_packaged_minilm() -> None:
 
 
 def test_unknown_model_message_lists_registered_ones() -> None:
-    with pytest.raises(UnknownModelError, match="'nope' is not registered.*minilm, minilm-topics"):
+    with pytest.raises(UnknownModelError, match=r"'nope' is not registered.*minilm, minilm-topics"):
         Registry.load().get("nope")
 
 
