@@ -39,10 +39,22 @@ class OracleCase:
 
 def all_cases() -> list[OracleCase]:
     """Every family's oracle cases."""
-    from tests.models import image_classification, text_classification, zero_shot_image_classification
+    from tests.models import (
+        fill_mask,
+        image_classification,
+        text_classification,
+        token_classification,
+        zero_shot_image_classification,
+    )
 
     cases: list[OracleCase] = []
-    for module in (text_classification, image_classification, zero_shot_image_classification):
+    for module in (
+        text_classification,
+        image_classification,
+        zero_shot_image_classification,
+        token_classification,
+        fill_mask,
+    ):
         cases.extend(module.CASES)
     return cases
 
