@@ -42,7 +42,9 @@ def all_cases() -> list[OracleCase]:
     from tests.models import (
         fill_mask,
         image_classification,
+        seq2seq,
         text_classification,
+        text_generation,
         token_classification,
         zero_shot_image_classification,
     )
@@ -54,6 +56,8 @@ def all_cases() -> list[OracleCase]:
         zero_shot_image_classification,
         token_classification,
         fill_mask,
+        text_generation,
+        seq2seq,
     ):
         cases.extend(module.CASES)
     return cases
