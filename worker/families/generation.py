@@ -189,6 +189,8 @@ def sampling_warpers(config: dict[str, Any], device: Any) -> list[Any]:
     out: list[Any] = []
     if config["temperature"] != 1.0:
         out.append(lp.TemperatureLogitsWarper(config["temperature"]))
+    if config.get("top_h") is not None:
+        out.append(lp.TopHLogitsWarper(top_h=config["top_h"]))
     if config["top_k"]:
         out.append(lp.TopKLogitsWarper(top_k=config["top_k"]))
     if config["top_p"] < 1.0:
@@ -335,23 +337,26 @@ class GenerationFamily(HFTextFamily):
         keep = (2 + len(self.eos_ids)) * int(config["num_beams"])
         scorer = TokenScorer(mode, self.device, seeds=seeds if mode == "sample" else None, keep=keep)
         processors = [*sampling_warpers(config, self.device), scorer] if mode == "sample" else [scorer]
+        # Only beam search needs the output object (for beam_indices); a plain tensor lets generate()
+        # defer its stop checks instead of syncing with the GPU at every step.
         out = self.model.generate(
-            **inputs, **kwargs, do_sample=False, pad_token_id=self.pad_id,
-            logits_processor=LogitsProcessorList(processors), return_dict_in_generate=True,
+            **inputs, **kwargs, do_sample=False, pad_token_id=self.pad_id, num_return_sequences=1,
+            logits_processor=LogitsProcessorList(processors), return_dict_in_generate=mode == "beam",
         )  # fmt: skip
+        sequences = out.sequences if mode == "beam" else out
         start = 1 if self.model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
-        new = out.sequences[:, start:]
-        logprobs = scorer.transition_logprobs(new, getattr(out, "beam_indices", None))
+        new = sequences[:, start:]
+        logprobs = scorer.transition_logprobs(new, out.beam_indices if mode == "beam" else None)
         return list(zip(new.tolist(), logprobs.float().cpu().tolist(), strict=True))
 
     def postprocess(self, features: list[Feature], outputs: Any) -> list[ItemResult]:
         results = []
         for feature, (ids, logprobs) in zip(features, outputs, strict=True):
-            ends = [i for i, t in enumerate(ids) if t in self.eos_ids]
-            n = ends[0] + 1 if ends else len(ids)
+            end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+            n = len(ids) if end is None else end + 1
             text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
             mean = sum(logprobs[:n]) / n if n else math.nan
-            output = {"generated_text": text, "n_new_tokens": n, "finish_reason": "eos" if ends else "length"}
+            output = {"generated_text": text, "n_new_tokens": n, "finish_reason": "length" if end is None else "eos"}
             results.append(
                 ItemResult(
                     item=feature.item,
