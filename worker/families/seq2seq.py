@@ -39,9 +39,15 @@ class Seq2SeqGeneration(GenerationFamily):
     #: the 4.x pipeline's name for the generated text, stored beside ``generated_text``
     text_key: ClassVar[str | None] = None
 
+    def task_params_key(self, fields: dict[str, Any]) -> str | None:
+        """Which ``config.task_specific_params`` entry applies to an item, if any."""
+        return None
+
     def task_entry(self, fields: dict[str, Any]) -> dict[str, Any]:
         """The model's ``task_specific_params`` entry for this task (and languages), if any."""
-        return {}
+        key = self.task_params_key(fields)
+        params = getattr(self.model.config, "task_specific_params", None) or {}
+        return dict(params.get(key) or {}) if key else {}
 
     def generate_options(self, fields: dict[str, Any]) -> dict[str, Any]:
         entry = self.task_entry(fields)
@@ -75,9 +81,8 @@ class Summarization(Seq2SeqGeneration):
     task = "summarization"
     text_key = "summary_text"
 
-    def task_entry(self, fields: dict[str, Any]) -> dict[str, Any]:
-        params = getattr(self.model.config, "task_specific_params", None) or {}
-        return dict(params.get("summarization") or {})
+    def task_params_key(self, fields: dict[str, Any]) -> str | None:
+        return "summarization"
 
 
 class Translation(Seq2SeqGeneration):
@@ -85,10 +90,9 @@ class Translation(Seq2SeqGeneration):
     text_key = "translation_text"
     options = (*Seq2SeqGeneration.options, "src_lang", "tgt_lang")
 
-    def task_entry(self, fields: dict[str, Any]) -> dict[str, Any]:
-        params = getattr(self.model.config, "task_specific_params", None) or {}
+    def task_params_key(self, fields: dict[str, Any]) -> str | None:
         src, tgt = fields.get("src_lang"), fields.get("tgt_lang")
-        return dict(params.get(f"translation_{src}_to_{tgt}") or {}) if src and tgt else {}
+        return f"translation_{src}_to_{tgt}" if src and tgt else None
 
     def multilingual(self) -> bool:
         return hasattr(self.tokenizer, "src_lang")
