@@ -42,10 +42,12 @@ def all_cases() -> list[OracleCase]:
     from tests.models import (
         fill_mask,
         image_classification,
+        question_answering,
         seq2seq,
         text_classification,
         text_generation,
         token_classification,
+        zero_shot_classification,
         zero_shot_image_classification,
     )
 
@@ -58,6 +60,8 @@ def all_cases() -> list[OracleCase]:
         fill_mask,
         text_generation,
         seq2seq,
+        question_answering,
+        zero_shot_classification,
     ):
         cases.extend(module.CASES)
     return cases

@@ -73,8 +73,8 @@ def save(model: Any, tokenizer: Any, path: Path) -> Path:
 
 
 def build_text_classifier(path: Path, labels: tuple[str, ...] = ("negative", "neutral", "positive"),
-                          problem_type: str | None = None, seed: int = 0) -> Path:  # fmt: skip
-    """A 2-layer BERT sequence classifier with random (seeded) weights."""
+                          problem_type: str | None = None, seed: int = 0, **overrides: Any) -> Path:  # fmt: skip
+    """A 2-layer BERT sequence classifier with random (seeded) weights; ``overrides`` go to the config."""
     import torch
     from transformers import BertForSequenceClassification
 
@@ -84,6 +84,7 @@ def build_text_classifier(path: Path, labels: tuple[str, ...] = ("negative", "ne
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type=problem_type,
+        **overrides,
     )
     model = BertForSequenceClassification(config).eval()
     # Default init (std 0.02) gives near-uniform scores where label order is decided by noise;
