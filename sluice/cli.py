@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from sluice.errors import SluiceError, ValidationError
+from sluice.errors import ConfigError, SluiceError, ValidationError
 from sluice.settings import Settings, get_settings
 
 
@@ -37,6 +38,12 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if args.gpus is not None:  # a supervisor of pinned worker processes; it never imports torch
+        from worker.supervisor import run_supervisor
+
+        return run_supervisor(args, settings)
+    if args.workers is not None:
+        raise ConfigError("--workers needs --gpus (e.g. --gpus none --workers 4)")
     from worker.main import run_worker
 
     overrides = {"max_batch_tokens": args.max_batch_tokens, "max_batch_size": args.max_batch_size}
@@ -151,6 +158,25 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, n_docs=args.docs, model=args.model)
 
 
+def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
+    from sluice.process import flower_command
+
+    argv, env = flower_command(settings, args.address, args.port, args.no_auth, args.flower_args)
+    os.execvpe(argv[0], argv, env)  # flower replaces this process: signals reach it directly
+
+
+def _positive(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"wants a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
+def _gpus(raw: str) -> str | list[str]:
+    from worker.supervisor import parse_gpus
+
+    return parse_gpus(raw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", help="comma-separated queues (default: SLUICE_QUEUE)")
     p.add_argument("--hostname")
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--gpus", type=_gpus, metavar="all|none|0,1,...",
+                   help="supervise one pinned worker process per GPU (CUDA_VISIBLE_DEVICES=<id>, node gpu<id>@host); "
+                        "with --device cpu the ids are only pinned (CPU testing)")  # fmt: skip
+    p.add_argument("--workers", type=_positive, metavar="N", help="CPU worker processes with --gpus none (default 1)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a bulk job from a .jsonl, .csv or .txt file")
@@ -205,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("redis", help="the private Redis used when SLUICE_BROKER_URL is unset")
     p.add_argument("action", choices=["start", "stop"])
     p.set_defaults(func=cmd_redis)
+
+    p = sub.add_parser("flower", help="Flower monitoring UI with basic auth (SLUICE_FLOWER_BASIC_AUTH)")
+    p.add_argument("--address", default="127.0.0.1", help="listen address (default: loopback only)")
+    p.add_argument("--port", type=int, default=5555)
+    p.add_argument("--no-auth", action="store_true", help="run without basic auth (trusted networks only)")
+    p.add_argument("flower_args", nargs=argparse.REMAINDER, help="further flower options, e.g. --url_prefix=flower")
+    p.set_defaults(func=cmd_flower)
 
     p = sub.add_parser("demo", help="run a bulk job end to end on the embedded defaults")
     p.add_argument("--docs", type=int, default=2000)

@@ -1,4 +1,4 @@
-"""Start and stop Sluice worker processes (the demo and the tests use this)."""
+"""Start and stop Sluice worker processes (the demo and the tests use this), and Flower's command."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from sluice.errors import SluiceError
+from sluice.errors import ConfigError, SluiceError
+from sluice.settings import Settings
 
 
 def worker_command(models: list[str], device: str = "cpu", hostname: str | None = None) -> list[str]:
@@ -21,14 +23,27 @@ def worker_command(models: list[str], device: str = "cpu", hostname: str | None 
     return cmd
 
 
+def fleet_command(models: list[str], gpus: str, host: str, device: str | None = None) -> list[str]:
+    """``sluice worker --gpus``: a supervisor whose children are named ``gpu<id>@host`` / ``cpu<n>@host``."""
+    cmd = [sys.executable, "-m", "sluice.cli", "worker", "--gpus", gpus, "--hostname", host, "--loglevel", "WARNING"]
+    if device:
+        cmd += ["--device", device]
+    if models:
+        cmd += ["--models", ",".join(models)]
+    return cmd
+
+
 def start_worker(
     env: dict[str, str], models: list[str], log_path: Path, device: str = "cpu", hostname: str | None = None
 ) -> subprocess.Popen[bytes]:
+    return spawn(worker_command(models, device, hostname), env, log_path)
+
+
+def spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Run ``cmd`` with ``env`` added to this environment, its output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        worker_command(models, device, hostname), env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
-    )
+    with log_path.open("ab") as log:
+        return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_for_worker(app, hostname: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:  # type: ignore[no-untyped-def]
@@ -53,3 +68,25 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def flower_command(
+    settings: Settings, address: str = "127.0.0.1", port: int = 5555, no_auth: bool = False, extra: Sequence[str] = ()
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for Flower on Sluice's broker, with basic auth from the settings.
+
+    The credentials travel in ``FLOWER_BASIC_AUTH`` (Flower reads ``FLOWER_*`` options from the
+    environment), not in argv where ``ps`` shows them to every user. Note that Flower serves
+    ``/metrics`` without auth even when auth is on.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
+    if auth:
+        pairs = auth.split(",")
+        if not all(user and pw for user, _, pw in (p.partition(":") for p in pairs)):
+            raise ConfigError("SLUICE_FLOWER_BASIC_AUTH wants user:password[,user2:password2]")
+        env["FLOWER_BASIC_AUTH"] = auth
+    elif not no_auth:
+        raise ConfigError("Flower needs SLUICE_FLOWER_BASIC_AUTH=user:password (or --no-auth, trusted networks only)")
+    argv = [sys.executable, "-m", "celery", "-A", "sluice.celery_app", "flower"]
+    return [*argv, f"--address={address}", f"--port={port}", *(a for a in extra if a != "--")], env

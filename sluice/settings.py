@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,12 @@ class Settings(BaseSettings):
 
     device: str = Field("cpu", description="Default torch device of a worker.")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; all cores when unset.")
+    worker_stop_timeout: float = Field(
+        600, gt=0, description="Seconds `sluice worker --gpus` waits for in-flight chunks on stop before SIGKILL."
+    )
+    flower_basic_auth: SecretStr | None = Field(
+        None, description="`user:password[,user2:password2]` that `sluice flower` requires; never a default."
+    )
 
     @property
     def resolved_database_url(self) -> str:

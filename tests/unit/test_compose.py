@@ -28,7 +28,10 @@ REQUIRED = {
     "FLOWER_PASSWORD": "dummy-flower-pw",
 }
 # Variables the file interpolates; cleared so a developer's shell cannot change what is tested.
-OPTIONAL = ["POSTGRES_USER", "POSTGRES_DB", "SLUICE_PRELOAD", "SLUICE_QUEUE", "SLUICE_MODELS_DIR", "SLUICE_IMAGE"]
+OPTIONAL = [
+    "POSTGRES_USER", "POSTGRES_DB", "SLUICE_PRELOAD", "SLUICE_QUEUE", "SLUICE_MODELS_DIR", "SLUICE_IMAGE",
+    "SLUICE_CPU_WORKERS",
+]  # fmt: skip
 
 
 def _is_native(path: Path) -> bool:
@@ -105,9 +108,12 @@ def test_gpu_worker_reserves_gpu_zero(services: dict[str, Any]) -> None:
     worker = services["worker-gpu0"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
-    assert worker["command"][:3] == ["worker", "--device", "cuda:0"]
-    assert "cuda0@$$HOSTNAME" in " ".join(worker["healthcheck"]["test"])  # the node name run_worker picks
-    assert services["worker-cpu"]["profiles"] == ["cpu"]
+    assert worker["command"][:3] == ["worker", "--gpus", "0"]  # the supervisor pins the reserved GPU
+    assert "gpu0@$$HOSTNAME" in " ".join(worker["healthcheck"]["test"])  # the node name it gives that worker
+    cpu = services["worker-cpu"]
+    assert cpu["profiles"] == ["cpu"]
+    assert cpu["command"][:5] == ["worker", "--gpus", "none", "--workers", "1"]
+    assert "cpu0@$$HOSTNAME" in " ".join(cpu["healthcheck"]["test"])
 
 
 def test_published_ports_bind_localhost_only(services: dict[str, Any]) -> None:
