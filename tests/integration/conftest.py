@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,3 +70,11 @@ def stack(
         raise
     yield Stack(settings, Client(settings), proc, env, model_dirs)
     stop_worker(proc)
+
+
+def sluice(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the ``sluice`` command line against the stack's settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "sluice.cli", *args],
+        env={**os.environ, **stack.env}, capture_output=True, text=True, check=check, timeout=300,
+    )  # fmt: skip

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +11,8 @@ import pytest
 
 from sluice.errors import UnknownModelError, ValidationError
 from sluice.status import ItemStatus, JobStatus
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, sluice
 from tests.models.common import mixed_texts
-
-
-def sluice(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sluice.cli", *args],
-        env={**os.environ, **stack.env}, capture_output=True, text=True, check=check, timeout=300,
-    )  # fmt: skip
 
 
 def test_bulk_job_completes_in_input_order(stack: Stack) -> None:

@@ -1,10 +1,16 @@
-"""Every oracle case through the real stack: Redis, a `sluice worker` process, SQLite/PostgreSQL."""
+"""Every oracle case through the real stack: Redis, a `sluice worker` process, SQLite/PostgreSQL.
+
+Each family runs from the Python client and from the command line.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, sluice
 from tests.models import OracleCase, all_cases
 
 
@@ -18,5 +24,22 @@ def test_worker_matches_oracle(stack: Stack, case: OracleCase) -> None:
     rows = list(stack.client.results(job))
     assert [r["item"] for r in rows] == list(range(len(inputs)))
     expected = case.expected(path, inputs, case.params)
+    for exp, row in zip(expected, rows, strict=True):
+        case.check(exp, row)
+
+
+@pytest.mark.parametrize("case", all_cases(), ids=lambda c: c.model)
+def test_cli_matches_oracle(stack: Stack, case: OracleCase, tmp_path: Path) -> None:
+    """The same families through the command line: a JSONL file in, ``sluice results`` out."""
+    inputs = case.inputs()[:3]
+    src = tmp_path / "items.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in inputs), encoding="utf-8")
+    params = [arg for key, value in case.params.items() for arg in ("--param", f"{key}={json.dumps(value)}")]
+    submitted = sluice(stack, "submit", str(src), "--model", case.model, *params, "--wait")
+    job = submitted.stdout.strip()
+    assert f"done={len(inputs)} failed=0" in submitted.stderr
+    rows = [json.loads(line) for line in sluice(stack, "results", job).stdout.splitlines()]
+    assert [r["item"] for r in rows] == list(range(len(inputs)))
+    expected = case.expected(stack.model_dirs[case.model], inputs, case.params)
     for exp, row in zip(expected, rows, strict=True):
         case.check(exp, row)

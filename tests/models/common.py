@@ -32,6 +32,11 @@ def build_wordpiece(vocab_size: int = 600) -> Any:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS)
     tok.train_from_iterator(training_texts(), trainer)
+    # The trainer picks the same tokens every run but numbers them in hash order, which differs
+    # per process; renumber (specials first, then sorted) so a tiny model is the same every run.
+    learnt = sorted(set(tok.get_vocab()) - set(SPECIALS))
+    vocab = {token: i for i, token in enumerate(SPECIALS + learnt)}
+    tok.model = models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##")
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -44,7 +44,7 @@ def build_t5(path: Path, seed: int = 1) -> Path:
 
     torch.manual_seed(seed)
     config = T5Config(vocab_size=600, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                      pad_token_id=PAD, eos_token_id=SEP, decoder_start_token_id=PAD, initializer_factor=4.0,
+                      pad_token_id=PAD, eos_token_id=SEP, decoder_start_token_id=PAD, initializer_factor=2.0,
                       task_specific_params={"translation_en_to_de": EN_DE})  # fmt: skip
     model = T5ForConditionalGeneration(config).eval()
     favour_eos(model, SEP, 2.0)

@@ -126,8 +126,8 @@ def test_submit_allows_urls_only_under_a_configured_prefix(spec: ModelSpec, url_
 @pytest.mark.parametrize("top_k", [0, -1, "3", True, 2.5])
 def test_top_k_must_be_a_positive_integer(spec: ModelSpec, top_k: Any) -> None:
     error = _error({"image": image_paths()[0], "top_k": top_k}, spec)
-    assert error is not None and error.startswith("item 7: 'top_k'")
-    with pytest.raises(Exception, match="job params: 'top_k' must be a positive integer"):
+    assert error is not None and error.startswith("item 7: field 'top_k'")
+    with pytest.raises(Exception, match="job params: field 'top_k' must be an integer >= 1"):
         ImageClassification.validate_params({"top_k": top_k}, spec)
 
 

@@ -126,7 +126,7 @@ def test_windows_merge_like_the_pipeline_and_batching_does_not_matter(model_dir:
 
 def test_item_params_override_job_params(model_dir: Path) -> None:
     spec = make_spec(model_dir)
-    text = mixed_texts(4, seed=11)[2]
+    text = mixed_texts(12, seed=11)[5]
     rows = run_engine(
         spec,
         [{"text": text}, {"text": text, "aggregation_strategy": "none"}, {"text": text, "ignore_labels": []}],

@@ -56,6 +56,24 @@ def text_field(fields: dict[str, Any], name: str, item: int, required: bool = Tr
     return value
 
 
+def int_option(fields: dict[str, Any], name: str, where: str, default: Any, minimum: int) -> Any:
+    """An integer option of at least ``minimum`` (``default`` when absent); ``where`` names the item or job params."""
+    value = fields.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValidationError(f"{where}: field {name!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def bool_option(fields: dict[str, Any], name: str, where: str, default: bool = False) -> bool:
+    """A true/false option (``default`` when absent); strings like "yes" are refused, not guessed."""
+    value = fields.get(name, default)
+    if not isinstance(value, bool):
+        raise ValidationError(f"{where}: field {name!r} must be true or false, got {value!r}")
+    return value
+
+
 class TaskFamily(ABC):
     """Base class of a task family: ``setup`` / ``preprocess`` / ``forward`` / ``postprocess``."""
 

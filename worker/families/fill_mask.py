@@ -25,7 +25,7 @@ import numpy as np
 
 from sluice.errors import ConfigError, ItemError, ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, text_field
+from worker.families.base import Feature, ItemResult, int_option, text_field
 from worker.families.hf import HFTextFamily
 
 DEFAULT_TOP_K = 5
@@ -37,10 +37,7 @@ def mask_token(spec: ModelSpec) -> str:
 
 
 def top_k(fields: dict[str, Any], where: str) -> int:
-    value = fields.get("top_k", DEFAULT_TOP_K)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValidationError(f"{where}: 'top_k' must be a whole number of at least 1; got {value!r}")
-    return value
+    return int(int_option(fields, "top_k", where, DEFAULT_TOP_K, 1))
 
 
 def targets(fields: dict[str, Any], where: str) -> tuple[str, ...] | None:

@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from sluice.errors import ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult
+from worker.families.base import Feature, ItemResult, int_option
 from worker.families.images import HFImageFamily, validate_image
 from worker.families.text_classification import apply_score_function, model_labels, ranked, score_function
 
@@ -21,10 +20,7 @@ DEFAULT_TOP_K = 5
 
 
 def top_k(fields: dict[str, Any], where: str) -> int:
-    value = fields.get("top_k", DEFAULT_TOP_K)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"{where}: 'top_k' must be a positive integer, got {value!r}")
-    return value
+    return int(int_option(fields, "top_k", where, DEFAULT_TOP_K, 1))
 
 
 class ImageClassification(HFImageFamily):

@@ -25,7 +25,7 @@ from typing import Any
 
 from sluice.errors import ConfigError, ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, text_field
+from worker.families.base import Feature, ItemResult, bool_option, int_option, text_field
 from worker.families.hf import HFTextFamily
 
 # ``items.label`` is a String(256) column; the full answer is always in ``output``.
@@ -43,33 +43,20 @@ class QAOptions:
     handle_impossible_answer: bool = False
 
 
-def _int_option(fields: dict[str, Any], name: str, item: int, default: Any, minimum: int) -> Any:
-    value = fields.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValidationError(f"item {item}: field {name!r} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def qa_options(fields: dict[str, Any], item: int, max_length: int | None = None) -> QAOptions:
     """The item's options (job params merged in), checked; ``max_length`` bounds ``doc_stride`` when known."""
-    doc_stride = _int_option(fields, "doc_stride", item, None, 0)
+    where = f"item {item}"
+    doc_stride = int_option(fields, "doc_stride", where, None, 0)
     if doc_stride is not None and max_length and doc_stride >= max_length:
         raise ValidationError(
             f"item {item}: field 'doc_stride' ({doc_stride}) must be smaller than the model's max length ({max_length})"
         )
-    impossible = fields.get("handle_impossible_answer", False)
-    if not isinstance(impossible, bool):
-        raise ValidationError(
-            f"item {item}: field 'handle_impossible_answer' must be true or false, got {impossible!r}"
-        )
     return QAOptions(
-        top_k=_int_option(fields, "top_k", item, 1, 1),
+        top_k=int_option(fields, "top_k", where, 1, 1),
         doc_stride=doc_stride,
-        max_answer_len=_int_option(fields, "max_answer_len", item, 15, 1),
-        max_question_len=_int_option(fields, "max_question_len", item, 64, 1),
-        handle_impossible_answer=impossible,
+        max_answer_len=int_option(fields, "max_answer_len", where, 15, 1),
+        max_question_len=int_option(fields, "max_question_len", where, 64, 1),
+        handle_impossible_answer=bool_option(fields, "handle_impossible_answer", where),
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from sluice.errors import ConfigError, ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, text_field
+from worker.families.base import Feature, ItemResult, bool_option, text_field
 from worker.families.text_classification import TextClassification, apply_score_function
 from worker.families.zero_shot_similarity import candidate_labels
 
@@ -45,10 +45,7 @@ def hypothesis_template(fields: dict[str, Any], item: int) -> str:
 
 
 def multi_label(fields: dict[str, Any], item: int) -> bool:
-    value = fields.get("multi_label", False)
-    if not isinstance(value, bool):
-        raise ValidationError(f"item {item}: field 'multi_label' must be true or false, got {value!r}")
-    return value
+    return bool_option(fields, "multi_label", f"item {item}")
 
 
 def _label_id(labels: list[str], prefix: str) -> int | None:
