@@ -22,6 +22,7 @@ from sluice.celery_app import PROCESS_CHUNK, create_app, redis_priority
 from sluice.db import Chunk, Item, Job, get_engine, utcnow
 from sluice.errors import JobNotFoundError, ValidationError
 from sluice.registry import Registry, load_registry
+from sluice.routing import WorkerRow, load_workers, route, waiting_reason
 from sluice.settings import Settings, get_settings
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 from worker.families import family_for
@@ -44,6 +45,8 @@ class JobInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: why its queued chunks will not be picked up (no live worker consumes their queue); None if they will
+    waiting_reason: str | None = None
 
     @property
     def finished(self) -> int:
@@ -121,7 +124,7 @@ class Client:
                 total_items=total, failed_items=bad, status=status.value,
                 finished_at=utcnow() if status is JobStatus.FAILED else None))  # fmt: skip
         if bad < total:
-            self.enqueue(job_id, chunks, priority)
+            self.enqueue(job_id, chunks, priority, model)
         return job_id
 
     def _insert_items(
@@ -165,15 +168,26 @@ class Client:
         conn.execute(insert(Chunk.__table__), rows)
         return [row["idx"] for row in rows]
 
-    def enqueue(self, job_id: str, chunks: list[int], priority: int) -> None:
-        """Send one message per chunk: a reference (job id, chunk index), never the documents."""
+    def enqueue(self, job_id: str, chunks: list[int], priority: int, model: str | None = None) -> str:
+        """Send one message per chunk: a reference (job id, chunk index), never the documents.
+
+        The chunks go to the model's own queue while a live worker preloads the model, otherwise
+        to the shared queue; the queue is recorded on each chunk. Returns the queue.
+        """
+        if model is None:
+            with self.engine.connect() as conn:
+                model = conn.execute(select(Job.model).where(Job.id == job_id)).scalar_one()
+        queue = route(model, self.workers(), self.settings.queue)
         for idx in chunks:
-            self.celery.send_task(
-                PROCESS_CHUNK, args=[job_id, idx], queue=self.settings.queue, priority=redis_priority(priority)
-            )
+            self.celery.send_task(PROCESS_CHUNK, args=[job_id, idx], queue=queue, priority=redis_priority(priority))
         with self.engine.begin() as conn:
             conn.execute(update(Chunk.__table__).where(Chunk.job_id == job_id, Chunk.idx.in_(chunks))
-                         .values(enqueued_at=utcnow()))  # fmt: skip
+                         .values(enqueued_at=utcnow(), queue=queue))  # fmt: skip
+        return queue
+
+    def workers(self) -> list[WorkerRow]:
+        """Live workers: fresh heartbeat, not stopped."""
+        return load_workers(self.engine, self.settings.heartbeat_seconds)
 
     # follow ---------------------------------------------------------------------------------
     def status(self, job_id: str) -> JobInfo:
@@ -181,11 +195,20 @@ class Client:
             row = conn.execute(select(Job.__table__).where(Job.id == job_id)).one_or_none()
         if row is None:
             raise JobNotFoundError(f"no job {job_id!r}; `sluice jobs` lists recent ones")
+        status = JobStatus(row.status)
         return JobInfo(
-            id=row.id, model=row.model, task=row.task, status=JobStatus(row.status), priority=row.priority,
+            id=row.id, model=row.model, task=row.task, status=status, priority=row.priority,
             total=row.total_items, done=row.done_items, failed=row.failed_items, created_at=row.created_at,
             started_at=row.started_at, finished_at=row.finished_at,
+            waiting_reason=None if status.terminal else self._waiting_reason(job_id, row.model),
         )  # fmt: skip
+
+    def _waiting_reason(self, job_id: str, model: str) -> str | None:
+        """Whether any live worker reads the queues this job's queued chunks were sent to."""
+        with self.engine.connect() as conn:
+            queues = set(conn.execute(select(Chunk.queue).distinct().where(
+                Chunk.job_id == job_id, Chunk.status == ChunkStatus.QUEUED.value)).scalars())  # fmt: skip
+        return waiting_reason(model, queues, self.workers(), self.settings.queue) if queues else None
 
     def item_counts(self, job_id: str) -> dict[str, int]:
         """Items per status, counted from the item rows themselves."""

@@ -46,7 +46,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--workers needs --gpus (e.g. --gpus none --workers 4)")
     from worker.main import run_worker
 
-    overrides = {"max_batch_tokens": args.max_batch_tokens, "max_batch_size": args.max_batch_size}
+    overrides = {"max_batch_tokens": args.max_batch_tokens, "max_batch_size": args.max_batch_size,
+                 "max_model_memory": args.max_model_memory}  # fmt: skip
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v})
     models = [m for m in (args.models or "").split(",") if m]
     queues = [q for q in (args.queues or "").split(",") if q] or None
@@ -78,6 +79,8 @@ def _print_status(client: Any, info: Any, out: TextIO) -> None:
     print(f"job {info.id}  model={info.model} task={info.task} priority={info.priority}", file=out)
     print(f"  status: {info.status.value}  items: {info.finished}/{info.total} ({counts})", file=out)
     print(f"  done={info.done} failed={info.failed}  elapsed={elapsed}  throughput={rate}", file=out)
+    if info.waiting_reason:
+        print(f"  {info.waiting_reason}", file=out)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -135,6 +138,18 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    from sluice.db import get_engine
+    from sluice.routing import describe_worker, load_workers
+
+    rows = load_workers(get_engine(settings.resolved_database_url), settings.heartbeat_seconds, args.all)
+    for row in rows:
+        print(describe_worker(row))
+    if not rows:
+        print("no live workers" + ("" if args.all else " (--all shows stopped and stale ones)"))
+    return 0
+
+
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from producer.reconcile import reconcile
 
@@ -165,6 +180,15 @@ def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
     os.execvpe(argv[0], argv, env)  # flower replaces this process: signals reach it directly
 
 
+def _size(raw: str) -> int:
+    from sluice.sizes import parse_size
+
+    try:
+        return parse_size(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _positive(raw: str) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise argparse.ArgumentTypeError(f"wants a whole number >= 1, got {raw!r}")
@@ -191,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated registered models to preload")
     p.add_argument("--max-batch-tokens", type=int)
     p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--max-model-memory", type=_size, metavar="SIZE",
+                   help="bytes of models kept resident, e.g. 2GB; least recently used on-demand models are evicted "
+                        "above it, preloaded ones never (default: SLUICE_MAX_MODEL_MEMORY, no limit)")  # fmt: skip
     p.add_argument("--queues", help="comma-separated queues (default: SLUICE_QUEUE)")
     p.add_argument("--hostname")
     p.add_argument("--loglevel", default="INFO")
@@ -223,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--limit", type=int, default=20)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("workers", help="live workers: device, queues, resident models, memory, heartbeat")
+    p.add_argument("--all", action="store_true", help="also workers that stopped or whose heartbeat is stale")
+    p.set_defaults(func=cmd_workers)
 
     p = sub.add_parser("cancel", help="cancel a job (workers stop at the next batch)")
     p.add_argument("job")

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -74,6 +75,9 @@ class Chunk(Base):
     lease: Mapped[str | None] = mapped_column(String(36))
     leased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Redis queue its message was last sent to: a chunk on a queue no live worker consumes
+    # is waiting for nobody, which `sluice status` reports and `sluice reconcile` re-routes.
+    queue: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (Index("ix_chunks_status", "status"),)
 
@@ -100,6 +104,29 @@ class Item(Base):
         Index("ix_items_job_status", "job_id", "status"),
         Index("ix_items_label", "job_id", "label"),
     )
+
+
+class Worker(Base):
+    """One worker process as it last reported itself: where it runs, what it consumes, what it holds.
+
+    ``models`` lists the resident models (``model``, ``task``, ``device``, ``dtype``, ``bytes``,
+    ``loaded_at``, ``last_used``, ``pinned``); ``evictions`` the most recent LRU evictions. The row
+    is rewritten at start, after every load or eviction and on each heartbeat; producers route
+    jobs by the queues of live rows (heartbeat younger than ~3 beats).
+    """
+
+    __tablename__ = "workers"
+
+    hostname: Mapped[str] = mapped_column(String(255), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    models: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    evictions: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    memory_budget: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sluice.sizes import parse_size
 
 
 class Settings(BaseSettings):
@@ -36,12 +38,24 @@ class Settings(BaseSettings):
 
     device: str = Field("cpu", description="Default torch device of a worker.")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; all cores when unset.")
+    max_model_memory: int | None = Field(
+        None, ge=1, description="Bytes of resident models per worker (e.g. 2GB); LRU eviction above it; None: no limit."
+    )
+    heartbeat_seconds: float = Field(
+        10, gt=0, description="How often a worker refreshes its row in `workers`; ~3 missed beats make it stale."
+    )
     worker_stop_timeout: float = Field(
         600, gt=0, description="Seconds `sluice worker --gpus` waits for in-flight chunks on stop before SIGKILL."
     )
     flower_basic_auth: SecretStr | None = Field(
         None, description="`user:password[,user2:password2]` that `sluice flower` requires; never a default."
     )
+
+    @field_validator("max_model_memory", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        # SLUICE_MAX_MODEL_MEMORY=2GB reads like the --max-model-memory option.
+        return parse_size(value) if isinstance(value, str) and value.strip() else value
 
     @property
     def resolved_database_url(self) -> str:

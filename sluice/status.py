@@ -1,4 +1,4 @@
-"""Job, item and chunk states, stored in the database as their string values."""
+"""Job, item, chunk and worker states, stored in the database as their string values."""
 
 from enum import StrEnum
 
@@ -25,3 +25,9 @@ class ChunkStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
+
+
+class WorkerStatus(StrEnum):
+    STARTING = "starting"  # loading its preloaded models
+    RUNNING = "running"
+    STOPPED = "stopped"  # exited cleanly; a crashed worker keeps its last status and goes stale

@@ -1,12 +1,20 @@
-"""``sluice worker``: preload models in this process, then consume chunks with a solo pool."""
+"""``sluice worker``: preload models in this process, then consume chunks with a solo pool.
+
+The worker consumes the queue of each model it preloads plus the shared queue (jobs for models
+nobody preloads, loaded on demand within ``--max-model-memory``), and keeps its row in the
+``workers`` table current so producers can route to it and ``sluice workers`` can show it.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 from sluice.celery_app import app
+from sluice.routing import worker_queues
 from sluice.settings import Settings
+from sluice.status import WorkerStatus
 
 
 def run_worker(
@@ -17,6 +25,9 @@ def run_worker(
     hostname: str | None = None,
     loglevel: str = "INFO",
 ) -> None:
+    from celery.signals import worker_ready
+
+    from worker.presence import Presence
     from worker.runtime import WorkerRuntime, configure_threads
 
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -24,20 +35,33 @@ def run_worker(
     import worker.tasks  # registers the task with the app
 
     node = hostname or f"{device.replace(':', '')}@{socket.gethostname()}"
+    queues = queues or worker_queues(settings.queue, models)
     runtime = WorkerRuntime(settings, device=device, hostname=node)
-    runtime.preload(models)
-    worker.tasks.init_runtime(runtime)
-    # Solo pool: the process that loaded the models is the one that runs tasks (no fork, no
-    # per-child model copies); concurrency comes from one worker process per device.
-    app.worker_main(
-        [
-            "worker",
-            "--pool=solo",
-            "--concurrency=1",
-            f"--hostname={node}",
-            f"--queues={','.join(queues or [settings.queue])}",
-            f"--loglevel={loglevel}",
-            "--without-mingle",
-            "--without-gossip",
-        ]
-    )
+    presence = Presence(settings.resolved_database_url, node, runtime.device, queues, settings.max_model_memory,
+                        settings.heartbeat_seconds, runtime.pool.snapshot)  # fmt: skip
+    runtime.pool.on_change = presence.report
+
+    def ready(**_: Any) -> None:
+        presence.report(WorkerStatus.RUNNING)
+
+    worker_ready.connect(ready, weak=False)
+    presence.start()
+    try:
+        runtime.preload(models)
+        worker.tasks.init_runtime(runtime)
+        # Solo pool: the process that loaded the models is the one that runs tasks (no fork, no
+        # per-child model copies); concurrency comes from one worker process per device.
+        app.worker_main(
+            [
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                f"--hostname={node}",
+                f"--queues={','.join(queues)}",
+                f"--loglevel={loglevel}",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
+    finally:
+        presence.stop()

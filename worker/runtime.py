@@ -1,4 +1,4 @@
-"""Per-process worker state: resident models and the chunk-processing loop.
+"""Per-process worker state: resident models (:mod:`worker.residency`) and the chunk-processing loop.
 
 Models load once per process and stay resident. Loading happens in the process that runs the
 tasks (the solo pool never forks), so CUDA is only ever initialised where it is used.
@@ -9,15 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from sluice.registry import Registry, load_registry
+from sluice.registry import load_registry
 from sluice.settings import Settings
 from worker.engine import BatchStats, Engine
-from worker.families import family_for
-from worker.families.base import ItemResult, TaskFamily
+from worker.families.base import ItemResult
+from worker.residency import ModelPool
 from worker.store import Claim, Store
 
 log = logging.getLogger("sluice.worker")
@@ -30,27 +29,6 @@ def configure_threads(settings: Settings) -> None:
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-
-
-class ModelPool:
-    """Loaded task families by registered model name."""
-
-    def __init__(self, registry: Registry, device: str) -> None:
-        self.registry = registry
-        self.device = device
-        self.loaded: dict[str, TaskFamily] = {}
-
-    def get(self, name: str) -> TaskFamily:
-        family = self.loaded.get(name)
-        if family is None:
-            spec = self.registry.get(name)
-            started = time.perf_counter()
-            family = family_for(spec.task)(spec, self.device)
-            family.setup()
-            self.loaded[name] = family
-            log.info("loaded model %s (%s) on %s in %.1fs", name, spec.task, self.device,
-                     time.perf_counter() - started)  # fmt: skip
-        return family
 
 
 @dataclass
@@ -69,11 +47,11 @@ class WorkerRuntime:
         self.device = device or settings.device
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
         self.store = Store(settings.resolved_database_url, settings.max_attempts, settings.lease_seconds)
-        self.pool = ModelPool(load_registry(settings.models_file), self.device)
+        self.pool = ModelPool(load_registry(settings.models_file), self.device, budget=settings.max_model_memory)
 
     def preload(self, names: list[str]) -> None:
-        for name in names:
-            self.pool.get(name)
+        """Load and pin the models this worker announces: they are never evicted."""
+        self.pool.preload(names)
 
     def process_chunk(self, job_id: str, idx: int) -> ChunkReport:
         claim = self.store.claim(job_id, idx)

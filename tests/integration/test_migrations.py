@@ -21,7 +21,7 @@ def test_upgrade_downgrade_upgrade_and_no_drift(fresh_database_url: str, tmp_pat
         migrate.downgrade(settings, "base")
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         migrate.upgrade(settings)
-        assert {"jobs", "items", "chunks"} <= set(inspect(engine).get_table_names())
+        assert {"jobs", "items", "chunks", "workers"} <= set(inspect(engine).get_table_names())
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], f"models and migrations disagree: {diff}"

@@ -1,0 +1,146 @@
+"""Which Redis queue a job's chunks go to, and whether any live worker is there to take them.
+
+Every model has its own queue, ``<SLUICE_QUEUE>.<model>``, consumed by the workers that preload
+it; the shared queue ``SLUICE_QUEUE`` is consumed by every worker (unless ``--queues`` says
+otherwise) and carries jobs for models nobody preloads, which a worker then loads on demand. The
+producer picks the model's queue only while some live worker consumes it, so a job never waits
+on a queue nobody reads; workers learn nothing from this module but their queue names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from sluice.db import Worker, utcnow
+from sluice.status import WorkerStatus
+
+STALE_AFTER_BEATS = 3  # a worker that missed this many heartbeats is presumed gone
+_LISTED = 5  # live workers named in a waiting reason
+
+
+def model_queue(shared: str, model: str) -> str:
+    """The queue of one model's chunks: ``sluice.minilm`` for shared queue ``sluice``."""
+    return f"{shared}.{model}"
+
+
+def worker_queues(shared: str, preload: Iterable[str]) -> list[str]:
+    """What a worker consumes: its preloaded models' queues first, then the shared queue."""
+    return [*(model_queue(shared, m) for m in preload), shared]
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """A row of the ``workers`` table, with liveness judged against the heartbeat interval."""
+
+    hostname: str
+    pid: int
+    device: str
+    queues: tuple[str, ...]
+    models: tuple[dict[str, Any], ...]
+    evictions: tuple[dict[str, Any], ...]
+    memory_budget: int | None
+    status: WorkerStatus
+    started_at: datetime
+    heartbeat_at: datetime
+    live: bool
+
+    @property
+    def heartbeat_age_s(self) -> float:
+        return (utcnow() - self.heartbeat_at).total_seconds()
+
+    @property
+    def memory_used(self) -> int:
+        return sum(int(m.get("bytes") or 0) for m in self.models)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything Sluice writes is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def load_workers(engine: Engine, heartbeat_seconds: float, include_stale: bool = False) -> list[WorkerRow]:
+    """Workers by hostname; only live ones (fresh heartbeat, not stopped) unless ``include_stale``."""
+    cutoff = utcnow() - timedelta(seconds=STALE_AFTER_BEATS * heartbeat_seconds)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Worker.__table__).order_by(Worker.hostname)).all()
+    found = []
+    for r in rows:
+        status, beat = WorkerStatus(r.status), _aware(r.heartbeat_at)
+        live = status is not WorkerStatus.STOPPED and beat >= cutoff
+        if live or include_stale:
+            found.append(WorkerRow(
+                r.hostname, r.pid, r.device, tuple(r.queues or ()), tuple(r.models or ()), tuple(r.evictions or ()),
+                r.memory_budget, status, _aware(r.started_at), beat, live,
+            ))  # fmt: skip
+    return found
+
+
+def consumed(workers: Iterable[WorkerRow]) -> set[str]:
+    """Queues some live worker reads."""
+    return {q for w in workers if w.live for q in w.queues}
+
+
+def route(model: str, workers: Iterable[WorkerRow], shared: str) -> str:
+    """The model's own queue while a live worker consumes it (it preloads the model), else the shared one."""
+    own = model_queue(shared, model)
+    return own if own in consumed(workers) else shared
+
+
+def waiting_reason(model: str, queues: Collection[str | None], workers: list[WorkerRow], shared: str) -> str | None:
+    """Why queued chunks (on ``queues``; None = never sent) will not be picked up; None if some will be."""
+    live = [w for w in workers if w.live]
+    reading = consumed(live)
+    sent = {q for q in queues if q}
+    if not queues or sent & reading:
+        return None
+    if not live:
+        return f"waiting: no live worker serves model {model!r} (no worker has a fresh heartbeat); start one"
+    named = "; ".join(f"{w.hostname} reads {', '.join(w.queues)}" for w in live[:_LISTED])
+    named += f"; and {len(live) - _LISTED} more" if len(live) > _LISTED else ""
+    target = route(model, live, shared)
+    if not sent:
+        return f"waiting: its chunks were never sent to Redis (live workers: {named}); `sluice reconcile` sends them"
+    if target in reading:
+        where = ", ".join(sorted(sent))
+        return (f"waiting: its chunks are on {where}, which no live worker consumes any more (live workers: {named}); "
+                f"`sluice reconcile` re-routes them to {target}")  # fmt: skip
+    return (f"waiting: no live worker serves model {model!r} (live workers: {named}; "
+            f"none consumes {model_queue(shared, model)} or the shared queue {shared})")  # fmt: skip
+
+
+def _ago(stamp: str | datetime | None) -> str:
+    if stamp is None:
+        return "-"
+    when = _aware(datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp)
+    return f"{(utcnow() - when).total_seconds():.0f}s ago"
+
+
+def describe_worker(w: WorkerRow) -> str:
+    """Several lines about one worker, as ``sluice workers`` prints them."""
+    from sluice.sizes import format_size
+
+    state = w.status.value if w.live or w.status is WorkerStatus.STOPPED else f"stale (last {w.status.value})"
+    budget = format_size(w.memory_budget) if w.memory_budget else "no limit"
+    lines = [
+        f"{w.hostname}  {state}  device={w.device}  pid={w.pid}  heartbeat {_ago(w.heartbeat_at)}  "
+        f"memory {format_size(w.memory_used)} / {budget}",
+        f"  queues: {', '.join(w.queues)}",
+    ]
+    for m in w.models:
+        pinned = ", pinned" if m.get("pinned") else ""
+        lines.append(f"  model {m['model']} ({m.get('task')}, {m.get('dtype')}, {format_size(m.get('bytes'))}"
+                     f"{pinned}), last used {_ago(m.get('last_used'))}")  # fmt: skip
+    if not w.models:
+        lines.append("  no models resident")
+    for e in w.evictions[-3:]:
+        lines.append(f"  evicted {e['model']} ({format_size(e.get('bytes'))}) for {e.get('for')} "
+                     f"{_ago(e.get('evicted_at'))}")  # fmt: skip
+    if len(w.evictions) > 3:
+        lines.append(f"  ... {len(w.evictions)} recent evictions in all")
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""Resident models under a memory budget: pinned preloads, plus on-demand models evicted LRU.
+
+A worker keeps every model it has loaded until holding one more would exceed its budget
+(``--max-model-memory`` / ``SLUICE_MAX_MODEL_MEMORY``); then the least recently used model that
+was not preloaded is released. Preloaded models are pinned: their queues promise the fleet that
+this worker serves them, so they never leave. A model's size is what its parameters and buffers
+occupy once loaded; before a first load it is estimated from the weight files, and checked again
+right after the load, so the budget holds even when the estimate was short.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sluice.db import utcnow
+from sluice.registry import ModelSpec, Registry
+from sluice.sizes import format_size
+from worker.families import family_for
+from worker.families.base import TaskFamily
+
+log = logging.getLogger("sluice.worker")
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+KEPT_EVICTIONS = 20  # most recent evictions reported in the workers row
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the eviction policy needs to know about a resident model."""
+
+    name: str
+    bytes: int
+    last_used: float  # any increasing clock; smaller is older
+    pinned: bool
+
+
+def lru_victims(residents: Iterable[Candidate], incoming: int, budget: int | None) -> list[str]:
+    """Models to evict, oldest first, so that ``incoming`` more bytes fit in ``budget``.
+
+    Pinned models never leave. If even evicting every unpinned model cannot make room, all of
+    them go anyway: the load happens regardless, and it then has the most memory it can get.
+    """
+    if budget is None:
+        return []
+    pool = list(residents)
+    used = sum(r.bytes for r in pool)
+    victims: list[str] = []
+    for r in sorted((r for r in pool if not r.pinned), key=lambda r: r.last_used):
+        if used + incoming <= budget:
+            break
+        victims.append(r.name)
+        used -= r.bytes
+    return victims
+
+
+def family_bytes(family: TaskFamily) -> tuple[int, str | None]:
+    """Bytes of the parameters and buffers of every torch module the family holds, and their dtype."""
+    import torch
+
+    seen: set[int] = set()
+    total, dtype = 0, None
+    for value in vars(family).values():
+        if not isinstance(value, torch.nn.Module):
+            continue
+        for t in itertools.chain(value.parameters(), value.buffers()):
+            if id(t) not in seen:  # tied weights count once
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+                dtype = dtype or str(t.dtype).removeprefix("torch.")
+    return total, dtype
+
+
+def weight_file_bytes(spec: ModelSpec) -> int:
+    """Size of the weight files in a local model directory: the estimate before a first load."""
+    path = Path(spec.path)
+    if not path.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def load_family(spec: ModelSpec, device: str) -> TaskFamily:
+    family = family_for(spec.task)(spec, device)
+    family.setup()
+    return family
+
+
+@dataclass
+class Resident:
+    """A loaded model and its bookkeeping."""
+
+    name: str
+    task: str
+    family: TaskFamily
+    bytes: int
+    dtype: str | None
+    pinned: bool
+    loaded_at: datetime
+    last_used: datetime
+    used_tick: float
+
+    def candidate(self) -> Candidate:
+        return Candidate(self.name, self.bytes, self.used_tick, self.pinned)
+
+
+class ModelPool:
+    """Loaded task families by registered model name, kept within ``budget`` bytes by LRU eviction.
+
+    ``on_change`` runs after every load or eviction (the worker rewrites its ``workers`` row).
+    ``load``, ``measure`` and ``estimate`` are seams for tests that use fake families.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        device: str,
+        budget: int | None = None,
+        on_change: Callable[[], None] | None = None,
+        load: Callable[[ModelSpec, str], TaskFamily] = load_family,
+        measure: Callable[[TaskFamily], tuple[int, str | None]] = family_bytes,
+        estimate: Callable[[ModelSpec], int] = weight_file_bytes,
+    ) -> None:
+        self.registry = registry
+        self.device = device
+        self.budget = budget
+        self.on_change = on_change
+        self._load, self._measure, self._estimate = load, measure, estimate
+        self._residents: dict[str, Resident] = {}
+        self._measured: dict[str, int] = {}  # exact sizes of models loaded before: better than estimates
+        self._evictions: deque[dict[str, Any]] = deque(maxlen=KEPT_EVICTIONS)
+        self._lock = threading.Lock()  # the heartbeat thread reads while the task thread loads
+
+    @property
+    def loaded(self) -> dict[str, TaskFamily]:
+        with self._lock:
+            return {name: r.family for name, r in self._residents.items()}
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(r.bytes for r in self._residents.values())
+
+    def preload(self, names: Iterable[str]) -> None:
+        """Load and pin: preloaded models are never evicted."""
+        for name in names:
+            self.get(name, pin=True)
+
+    def get(self, name: str, pin: bool = False) -> TaskFamily:
+        """The loaded family for ``name``, loading it (and evicting LRU models) when needed."""
+        resident = self._residents.get(name)
+        if resident is None:
+            resident = self._admit(name, pin)
+        resident.last_used, resident.used_tick = utcnow(), time.monotonic()
+        resident.pinned = resident.pinned or pin
+        return resident.family
+
+    def _admit(self, name: str, pin: bool) -> Resident:
+        spec = self.registry.get(name)
+        expected = self._measured.get(name) or self._estimate(spec)
+        self._evict(lru_victims(self._candidates(), expected, self.budget), for_model=name)
+        started = time.perf_counter()
+        family = self._load(spec, self.device)
+        size, dtype = self._measure(family)
+        self._measured[name] = size
+        now = utcnow()
+        resident = Resident(name, spec.task, family, size, dtype, pin, now, now, time.monotonic())
+        with self._lock:
+            self._residents[name] = resident
+        log.info("loaded model %s (%s, %s, %s) on %s in %.1fs; %s resident of %s", name, spec.task, dtype,
+                 format_size(size), self.device, time.perf_counter() - started, format_size(self.used_bytes),
+                 format_size(self.budget) if self.budget else "no limit")  # fmt: skip
+        if self.budget is not None and size > self.budget:
+            log.warning("model %s alone (%s) exceeds the memory budget %s", name, format_size(size),
+                        format_size(self.budget))  # fmt: skip
+        # The estimate may have been short: check again now that the real size is known.
+        others = [c for c in self._candidates() if c.name != name]
+        self._evict(lru_victims(others, size, self.budget), for_model=name)
+        self._changed()
+        return resident
+
+    def _candidates(self) -> list[Candidate]:
+        with self._lock:
+            return [r.candidate() for r in self._residents.values()]
+
+    def _evict(self, names: list[str], for_model: str) -> None:
+        for name in names:
+            with self._lock:
+                resident = self._residents.pop(name)
+            resident.family.release()
+            self._evictions.append({"model": name, "bytes": resident.bytes, "evicted_at": utcnow().isoformat(),
+                                    "for": for_model})  # fmt: skip
+            log.info("evicted model %s (%s, least recently used, last used %s) to make room for %s",
+                     name, format_size(resident.bytes), resident.last_used.isoformat(), for_model)  # fmt: skip
+            del resident
+        if names:
+            self._reclaim()
+            self._changed()
+
+    def _reclaim(self) -> None:
+        """Return freed weights: collect cycles that still hold tensors, then CUDA's cached blocks."""
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """JSON-ready resident models and recent evictions, for the workers row."""
+        with self._lock:
+            residents = list(self._residents.values())
+            evictions = list(self._evictions)
+        models = [
+            {"model": r.name, "task": r.task, "device": self.device, "dtype": r.dtype, "bytes": r.bytes,
+             "loaded_at": r.loaded_at.isoformat(), "last_used": r.last_used.isoformat(), "pinned": r.pinned}
+            for r in residents
+        ]  # fmt: skip
+        return models, evictions
