@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     chunk_size: int = Field(512, ge=1, description="Items per chunk message; bounds redelivery work.")
     max_batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass.")
     max_batch_size: int = Field(128, ge=1, description="Items per forward pass.")
+    oom_min_batch_tokens: int = Field(
+        256, ge=1, description="Least padded tokens per forward pass that out-of-memory back-off goes down to."
+    )
+    oom_recover_batches: int = Field(
+        8, ge=1, description="Good batches in a row before a backed-off token budget grows 25% again."
+    )
     coalesce_chunks: int = Field(
         32, ge=0, description="Queued chunks of other jobs a worker may merge into a small chunk's batches."
     )

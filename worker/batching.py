@@ -3,11 +3,14 @@
 Features are sorted by length (longest first, so an out-of-memory shows up on the first batch)
 and packed greedily while ``count * longest <= max_tokens``: the budget counts *padded* tokens,
 which is what a forward pass costs, like text-embeddings-inference's ``max_batch_tokens``.
+:class:`TokenBudget` is the one piece of state: the budget a worker currently plans with, which
+backs off after an out-of-memory error and recovers after a run of good batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +40,51 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list
     if current:
         batches.append(current)
     return batches
+
+
+#: Growth of a backed-off budget after ``recover_after`` good batches: slow, so one more
+#: out-of-memory error is far less likely than a return to the full budget.
+RECOVERY_GROWTH = 1.25
+
+
+@dataclass
+class TokenBudget:
+    """The padded-token budget batches are planned with: halved on out-of-memory, regrown slowly.
+
+    ``configured`` is the ceiling (``max_batch_tokens``); ``floor`` is the least it backs off to;
+    after ``recover_after`` batches in a row without an out-of-memory error it grows by
+    :data:`RECOVERY_GROWTH`, up to ``configured`` again.
+    """
+
+    configured: int
+    floor: int = 256
+    recover_after: int = 8
+    current: int = field(init=False)
+    streak: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.floor = max(1, min(self.floor, self.configured))
+        self.current = self.configured
+
+    def back_off(self, failed_tokens: int) -> int:
+        """An out-of-memory error on a batch of ``failed_tokens`` padded tokens: plan with half of that.
+
+        Taking half of what failed (not of the budget) makes sibling halves that fail at the same
+        size count once, and a small batch that failed count for what it was.
+        """
+        self.current = max(self.floor, min(self.current, failed_tokens // 2))
+        self.streak = 0
+        return self.current
+
+    def succeeded(self) -> int:
+        """A batch ran without running out of memory; grows the budget after enough of them."""
+        if self.current >= self.configured:
+            return self.current
+        self.streak += 1
+        if self.streak >= self.recover_after:
+            self.streak = 0
+            self.current = min(self.configured, max(self.current + 1, int(self.current * RECOVERY_GROWTH)))
+        return self.current
 
 
 def padding_efficiency(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:

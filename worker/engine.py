@@ -2,20 +2,39 @@
 
 It knows nothing about Redis or the database: given a loaded family and ``(item, fields)`` pairs,
 it tokenises them, plans batches by token budget over length-sorted features, runs each batch,
-and yields the items completed by that batch so the caller can commit them before moving on.
-A batch that raises is retried one feature at a time, so a bad item fails alone; an
-out-of-memory error splits the batch in half instead.
+and yields the items completed by that batch; the caller commits them while the next batch runs.
+The next batch is collated on a helper thread while the current one runs (torch and the
+tokenizers release the GIL). A batch that raises is retried one feature at a time, so a bad item
+fails alone; an out-of-memory error splits the batch in half and backs the token budget off,
+and the batches still to run are re-planned with the smaller budget.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.batching import plan_batches
+from worker.batching import TokenBudget, plan_batches
 from worker.families.base import Feature, ItemResult, TaskFamily
+
+log = logging.getLogger("sluice.worker")
+
+# One budget per resident model, so that a back-off outlives the chunk that ran out of memory.
+_budgets: weakref.WeakKeyDictionary[TaskFamily, tuple[tuple[int, int, int], TokenBudget]] = weakref.WeakKeyDictionary()
+
+
+def shared_budget(family: TaskFamily, max_tokens: int, floor: int, recover_after: int) -> TokenBudget:
+    """The token budget of a loaded model, kept across chunks; a fresh one when the settings change."""
+    key = (max_tokens, floor, recover_after)
+    known = _budgets.get(family)
+    if known is None or known[0] != key:
+        known = _budgets[family] = (key, TokenBudget(max_tokens, floor, recover_after))
+    return known[1]
 
 
 @dataclass
@@ -73,15 +92,50 @@ def _prepare(family: TaskFamily, items: list[tuple[int, dict[str, Any]]]) -> lis
 
 
 class Engine:
-    """Runs items through a loaded family under a token budget."""
+    """Runs items through a loaded family under a token budget.
 
-    def __init__(self, family: TaskFamily, max_batch_tokens: int, max_batch_size: int) -> None:
+    ``budget`` is shared by the engines of one model (see :func:`shared_budget`); without one the
+    engine backs off on its own. ``prefetch`` collates the next batch during the current forward.
+    """
+
+    def __init__(
+        self,
+        family: TaskFamily,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        budget: TokenBudget | None = None,
+        prefetch: bool = True,
+    ) -> None:
         self.family = family
-        self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        self.budget = budget or TokenBudget(max_batch_tokens)
+        self.prefetch = prefetch
 
     def run(self, items: list[tuple[int, dict[str, Any]]]) -> Iterator[tuple[list[ItemResult], BatchStats]]:
         """Yield ``(completed item results, batch stats)`` after every batch."""
+        pending, features, failed_early = self._features(items)
+        if failed_early:
+            yield failed_early, BatchStats()
+        plan = self._plan(features, range(len(features)))
+        with ThreadPoolExecutor(1, thread_name_prefix="sluice-collate") as collator:
+            ahead = self._collate_ahead(collator, features, plan)
+            while plan:
+                batch = [features[i] for i in plan.pop(0)]
+                collated, budget = ahead, self.budget.current
+                # Submitted before this forward starts, so the two overlap.
+                ahead = self._collate_ahead(collator, features, plan)
+                stats = BatchStats()
+                outcomes = self._run_batch(batch, stats, collated)
+                if self.budget.current != budget:
+                    # The prefetched batch was planned with the old budget: drop it and re-plan.
+                    plan = self._plan(features, [i for b in plan for i in b])
+                    ahead = self._collate_ahead(collator, features, plan)
+                yield self._collect(pending, batch, outcomes, stats), stats
+
+    def _features(
+        self, items: list[tuple[int, dict[str, Any]]]
+    ) -> tuple[dict[int, _Pending], list[Feature], list[ItemResult]]:
+        """Tokenise every item: per-item state, all features, and the items that failed already."""
         pending: dict[int, _Pending] = {}
         features: list[Feature] = []
         failed_early: list[ItemResult] = []
@@ -96,14 +150,20 @@ class Engine:
             for order, feature in enumerate(prepared):
                 feature.meta["_order"] = order
                 features.append(feature)
-        if failed_early:
-            yield failed_early, BatchStats()
-        plan = plan_batches([f.length for f in features], self.max_batch_tokens, self.max_batch_size)
-        for batch in plan:
-            batch_features = [features[i] for i in batch]
-            stats = BatchStats()
-            outcomes = self._run_batch(batch_features, stats)
-            yield self._collect(pending, batch_features, outcomes, stats), stats
+        return pending, features, failed_early
+
+    def _plan(self, features: list[Feature], indices: Iterable[int]) -> list[list[int]]:
+        """Batches (indices into ``features``) of ``indices`` under the budget as it is now."""
+        chosen = list(indices)
+        plan = plan_batches([features[i].length for i in chosen], self.budget.current, self.max_batch_size)
+        return [[chosen[j] for j in batch] for batch in plan]
+
+    def _collate_ahead(
+        self, collator: ThreadPoolExecutor, features: list[Feature], plan: list[list[int]]
+    ) -> Future[dict[str, Any]] | None:
+        if not (self.prefetch and plan):
+            return None
+        return collator.submit(self.family.collate, [features[i] for i in plan[0]])
 
     def _collect(
         self,
@@ -136,30 +196,52 @@ class Engine:
         result.compute_ms = per_item_ms
         return result
 
-    def _run_batch(self, batch: list[Feature], stats: BatchStats) -> list[Any]:
+    def _run_batch(
+        self, batch: list[Feature], stats: BatchStats, collated: Future[dict[str, Any]] | None = None
+    ) -> list[Any]:
         """Outputs per feature; an exception object in place of the output of a feature that failed."""
         import torch
 
         start = time.perf_counter()
         try:
+            inputs = collated.result() if collated is not None else self.family.collate(batch)
             with torch.inference_mode():
-                outputs = self.family.forward(self.family.collate(batch))
-                parts = self.family.postprocess(batch, outputs)
+                parts = self.family.postprocess(batch, self.family.forward(inputs))
         except Exception as exc:
             if len(batch) == 1:
-                return [exc]
-            if _is_oom(exc):
-                stats.splits += 1
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            half = len(batch) // 2 if _is_oom(exc) else 1
-            # Not OOM: run features one by one, so one bad input cannot fail its neighbours.
-            return [out for part in _split(batch, half) for out in self._run_batch(part, stats)]
-        stats.forward_s += time.perf_counter() - start
-        stats.features += len(batch)
-        stats.real_tokens += sum(f.length for f in batch)
-        stats.padded_tokens += len(batch) * max(f.length for f in batch)
-        return list(parts)
+                # Without its traceback, whose frames would keep the failed pass's tensors alive.
+                return [exc.with_traceback(None)]
+            oom = _is_oom(exc)
+        else:
+            before = self.budget.current
+            if self.budget.succeeded() != before:
+                log.info("max_batch_tokens recovers %d -> %d", before, self.budget.current)
+            stats.forward_s += time.perf_counter() - start
+            stats.features += len(batch)
+            stats.real_tokens += sum(f.length for f in batch)
+            stats.padded_tokens += len(batch) * max(f.length for f in batch)
+            return list(parts)
+        # Retried outside the except block, so the failed attempt's memory is freed first.
+        if oom:
+            self._back_off(batch, stats)
+        # Not OOM: run features one by one, so one bad input cannot fail its neighbours.
+        half = len(batch) // 2 if oom else 1
+        return [out for part in _split(batch, half) for out in self._run_batch(part, stats)]
+
+    def _back_off(self, batch: list[Feature], stats: BatchStats) -> None:
+        import torch
+
+        stats.splits += 1
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        padded = len(batch) * max(f.length for f in batch)
+        before = self.budget.current
+        after = self.budget.back_off(padded)
+        if after != before:
+            log.warning(
+                "out of memory on %d features (%d padded tokens): max_batch_tokens backs off %d -> %d",
+                len(batch), padded, before, after,
+            )  # fmt: skip
 
 
 def _split(batch: list[Feature], size: int) -> list[list[Feature]]:

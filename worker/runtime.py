@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
 from sluice.registry import load_registry
 from sluice.settings import Settings
-from worker.engine import BatchStats, Engine
+from worker.engine import BatchStats, Engine, shared_budget
 from worker.families.base import ItemResult
 from worker.residency import ModelPool
 from worker.store import Claim, Store
+from worker.writer import ResultWriter
 
 log = logging.getLogger("sluice.worker")
 
@@ -86,9 +88,16 @@ class WorkerRuntime:
         return taken
 
     def _run(self, claims: list[Claim]) -> ChunkReport:
+        """Run the claimed items; returns only once every result is committed (raises if one is not).
+
+        Batch k's results are written on the writer thread while batch k+1's forward runs; the
+        writer also checks for cancellation after each write, so a cancel stops work one batch later.
+        """
         report = ChunkReport(stats=BatchStats())
         family = self.pool.get(claims[0].model)
-        engine = Engine(family, self.settings.max_batch_tokens, self.settings.max_batch_size)
+        s = self.settings
+        budget = shared_budget(family, s.max_batch_tokens, s.oom_min_batch_tokens, s.oom_recover_batches)
+        engine = Engine(family, s.max_batch_tokens, s.max_batch_size, budget=budget)
         # The engine numbers items 0..n-1 across all claimed chunks; keys maps them back to
         # (job, item). Job-level params are defaults that an item's own fields override.
         keys: list[tuple[str, int]] = []
@@ -97,15 +106,15 @@ class WorkerRuntime:
             for item, fields in c.items:
                 items.append((len(keys), {**c.params, **fields}))
                 keys.append((c.job_id, item))
-        for results, stats in engine.run(items):
-            by_job: dict[str, list[ItemResult]] = {}
-            for r in results:
-                job_id, r.item = keys[r.item]
-                by_job.setdefault(job_id, []).append(r)
-            done, failed = self.store.write_results(by_job, self.hostname)
-            report.written += done
-            report.failed += failed
-            report.stats.add(stats)  # type: ignore[union-attr]
-            if self.store.is_cancelled(claims[0].job_id):
-                break
+        with ResultWriter(self.store, self.hostname, claims[0].job_id) as writer, closing(engine.run(items)) as run:
+            for results, stats in run:
+                by_job: dict[str, list[ItemResult]] = {}
+                for r in results:
+                    job_id, r.item = keys[r.item]
+                    by_job.setdefault(job_id, []).append(r)
+                writer.put(by_job)
+                report.stats.add(stats)  # type: ignore[union-attr]
+                if writer.cancelled:
+                    break
+        report.written, report.failed = writer.written, writer.failed
         return report

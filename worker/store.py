@@ -2,21 +2,23 @@
 
 * ``claim`` counts a delivery and takes a lease on the chunk; after ``max_attempts`` deliveries
   its remaining items fail instead (a poison chunk must not kill workers forever).
-* ``write_results`` updates only items still pending, in one executemany per outcome, and moves
-  the job counters by the rows actually written, in the same transaction, so a redelivered
-  chunk writes nothing twice and counts nothing twice.
+* ``write_results`` updates only items still pending (on PostgreSQL one statement per batch, on
+  SQLite one executemany per outcome) and moves the job counters by the rows actually written,
+  in the same transaction, so a redelivered chunk writes nothing twice and counts nothing twice.
 * ``close`` marks the chunk done only if the caller still holds the lease it claimed with.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, and_, bindparam, case, select, update
+from sqlalchemy import Connection, and_, bindparam, case, select, text, update
 
 from sluice.db import Chunk, Item, Job, get_engine, utcnow
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
@@ -61,6 +63,28 @@ _WRITE = (
         finished_at=bindparam("b_at"),
     )
 )
+
+# PostgreSQL: a whole batch in one statement, each column passed as one array and joined back
+# with unnest(); RETURNING names the rows that were still pending, i.e. actually written. For
+# 64-128 rows with 384-float embeddings this is about 1.5x faster than psycopg's pipelined
+# executemany and 3x faster than UPDATE ... FROM (VALUES ...) (see bench/store_writes.py), and
+# its text never changes, so the server can keep it prepared.
+_PG_WRITE = text("""
+UPDATE items SET status = v.status, label = v.label, score = v.score, output = CAST(v.output AS JSON),
+    embedding = v.embedding, error = v.error, n_tokens = v.n_tokens, compute_ms = v.compute_ms,
+    worker = :worker, finished_at = :finished_at
+FROM unnest(CAST(:job_id AS VARCHAR[]), CAST(:item AS INTEGER[]), CAST(:status AS VARCHAR[]),
+    CAST(:label AS VARCHAR[]), CAST(:score AS FLOAT8[]), CAST(:output AS TEXT[]), CAST(:embedding AS BYTEA[]),
+    CAST(:error AS TEXT[]), CAST(:n_tokens AS INTEGER[]), CAST(:compute_ms AS FLOAT8[]))
+    AS v(job_id, item, status, label, score, output, embedding, error, n_tokens, compute_ms)
+WHERE items.job_id = v.job_id AND items.item = v.item AND items.status = :pending
+RETURNING items.job_id, items.status
+""")
+# unnest() column -> key of a row from _row(); ``output`` is serialised to JSON text separately.
+_PG_COLUMNS = {
+    "job_id": "b_job", "item": "b_item", "status": "b_status", "label": "b_label", "score": "b_score",
+    "embedding": "b_embedding", "error": "b_error", "n_tokens": "b_tokens", "compute_ms": "b_ms",
+}  # fmt: skip
 
 
 class Store:
@@ -159,13 +183,16 @@ class Store:
         Returns the (done, failed) rows actually written; each job's counters move by its own.
         """
         now = utcnow()
-        total_done = total_failed = 0
+        rows = [_row(job_id, r, worker, now) for job_id, batch in results.items() for r in batch]
+        if not rows:
+            return 0, 0
         with self.engine.begin() as conn:
-            for job_id, rows in results.items():
-                ok = [_row(job_id, r, worker, now) for r in rows if r.error is None]
-                bad = [_row(job_id, r, worker, now) for r in rows if r.error is not None]
-                done = conn.execute(_WRITE, ok).rowcount if ok else 0
-                failed = conn.execute(_WRITE, bad).rowcount if bad else 0
+            if conn.dialect.name == "postgresql":
+                written = _write_postgresql(conn, rows, worker, now)
+            else:
+                written = _write_executemany(conn, rows)
+            for job_id in results:
+                done, failed = written[job_id, ItemStatus.DONE.value], written[job_id, ItemStatus.FAILED.value]
                 if done or failed:
                     conn.execute(
                         update(_jobs)
@@ -173,9 +200,8 @@ class Store:
                         .values(done_items=_jobs.c.done_items + done, failed_items=_jobs.c.failed_items + failed)
                     )
                     _finish_job_if_complete(conn, job_id)
-                total_done += done
-                total_failed += failed
-        return total_done, total_failed
+        done = sum(n for (_, status), n in written.items() if status == ItemStatus.DONE.value)
+        return done, sum(written.values()) - done
 
     def close(self, job_id: str, idx: int, lease: str) -> bool:
         with self.engine.begin() as conn:
@@ -205,6 +231,25 @@ def _finish_job_if_complete(conn: Connection, job_id: str) -> None:
     )
 
 
+def _write_postgresql(
+    conn: Connection, rows: list[dict[str, Any]], worker: str | None, now: Any
+) -> Counter[tuple[str, str]]:
+    """One UPDATE ... FROM unnest(...) RETURNING for the batch; rows written by (job, status)."""
+    params: dict[str, Any] = {col: [r[key] for r in rows] for col, key in _PG_COLUMNS.items()}
+    params["output"] = [None if r["b_output"] is None else json.dumps(r["b_output"]) for r in rows]
+    params.update(worker=worker, finished_at=now, pending=ItemStatus.PENDING.value)
+    return Counter((row.job_id, row.status) for row in conn.execute(_PG_WRITE, params))
+
+
+def _write_executemany(conn: Connection, rows: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    """One executemany per (job, outcome): SQLite runs in-process, so a statement per row is cheap."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["b_job"], r["b_status"]), []).append(r)
+    # rowcount of an executemany is the sum over its rows: the rows that were still pending.
+    return Counter({key: conn.execute(_WRITE, group).rowcount for key, group in groups.items()})
+
+
 def _row(job_id: str, r: ItemResult, worker: str | None, now: Any) -> dict[str, Any]:
     embedding = None
     if r.embedding is not None:
@@ -214,12 +259,12 @@ def _row(job_id: str, r: ItemResult, worker: str | None, now: Any) -> dict[str, 
         "b_item": r.item,
         "b_status": (ItemStatus.FAILED if r.error else ItemStatus.DONE).value,
         "b_label": r.label,
-        "b_score": r.score,
+        "b_score": None if r.score is None else float(r.score),  # numpy scalars: no driver adapts them
         "b_output": r.output,
         "b_embedding": embedding,
         "b_error": r.error,
-        "b_tokens": r.n_tokens,
-        "b_ms": r.compute_ms,
+        "b_tokens": None if r.n_tokens is None else int(r.n_tokens),
+        "b_ms": None if r.compute_ms is None else float(r.compute_ms),
         "b_worker": worker,
         "b_at": now,
     }

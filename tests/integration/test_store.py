@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import update
 
@@ -48,6 +49,32 @@ def test_redelivered_chunk_writes_and_counts_nothing_twice(client: Client) -> No
     store.write_results({job: [ItemResult(item=4, label="y", score=1.0), ItemResult(item=5, error="bad")]}, "w1")
     info = client.status(job)
     assert (info.done, info.failed, info.status) == (5, 1, JobStatus.COMPLETED)
+
+
+def test_one_write_spans_jobs_and_outcomes_and_counts_only_pending_rows(client: Client) -> None:
+    """PostgreSQL writes a batch in one UPDATE ... FROM unnest(...): values, counts and idempotence."""
+    a = client.submit("minilm", ["a0", "a1", "a2"])
+    b = client.submit("minilm", ["b0", "b1"])
+    store = Store(client.settings.resolved_database_url, max_attempts=3)
+    vector = np.arange(384, dtype=np.float32) / 7
+    batch = {
+        a: [ItemResult(item=0, embedding=vector, n_tokens=np.int64(5), compute_ms=1.5),
+            ItemResult(item=2, error="ValueError: bad"),
+            ItemResult(item=1, label="x", score=np.float32(0.25), output={"scores": [{"label": "x", "score": 0.25}]})],
+        b: [ItemResult(item=1, label="é", score=1.0, output={"n": None})],
+    }  # fmt: skip
+    assert store.write_results(batch, "w1") == (3, 1)
+    assert store.write_results(batch, "w2") == (0, 0)  # a redelivery: nothing pending is left to write
+    assert store.write_results({b: [ItemResult(item=0, label="y"), ItemResult(item=1, error="late")]}, "w2") == (1, 0)
+    rows = list(client.results(a))
+    assert [r["status"] for r in rows] == ["done", "done", "failed"]
+    assert np.array_equal(np.asarray(rows[0]["embedding"], dtype=np.float32), vector)
+    assert (rows[1]["label"], rows[1]["score"], rows[1]["output"]) == ("x", 0.25, batch[a][2].output)
+    assert rows[2]["error"] == "ValueError: bad"
+    assert [(r["label"], r["output"]) for r in client.results(b)] == [("y", None), ("é", {"n": None})]
+    assert (client.status(a).done, client.status(a).failed, client.status(a).status) == (2, 1, JobStatus.COMPLETED)
+    assert (client.status(b).done, client.status(b).status) == (2, JobStatus.COMPLETED)
+    assert store.write_results({}, "w1") == (0, 0)
 
 
 def test_poison_chunk_is_dead_lettered_after_max_attempts(client: Client) -> None:

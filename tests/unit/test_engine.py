@@ -1,11 +1,17 @@
-"""The batching loop with a stand-in family: failure isolation and out-of-memory splitting."""
+"""The batching loop with a stand-in family: failure isolation, out-of-memory splitting and
+back-off, and collating the next batch while the current one runs."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
+import pytest
+
 from sluice.registry import ModelSpec
-from worker.engine import Engine
+from worker.batching import TokenBudget
+from worker.engine import Engine, shared_budget
 from worker.families.base import Feature, ItemResult, TaskFamily
 
 
@@ -49,9 +55,9 @@ class Echo(TaskFamily):
         return ItemResult(item=item, label="words", score=float(sum(partials)))
 
 
-def _run(family: Echo, texts: list[str]) -> dict[int, ItemResult]:
-    engine = Engine(family, max_batch_tokens=1000, max_batch_size=64)
-    return {r.item: r for results, _ in engine.run(list(enumerate({"text": t} for t in texts))) for r in results}
+def _run(family: Echo, texts: list[str], **engine: Any) -> dict[int, ItemResult]:
+    run = Engine(family, **{"max_batch_tokens": 1000, "max_batch_size": 64, **engine}).run
+    return {r.item: r for results, _ in run(list(enumerate({"text": t} for t in texts))) for r in results}
 
 
 def test_bad_item_fails_alone() -> None:
@@ -67,3 +73,71 @@ def test_out_of_memory_splits_the_batch() -> None:
     out = _run(family, [f"w{i} x" for i in range(16)])
     assert all(r.error is None and r.score == 2 for r in out.values()) and len(out) == 16
     assert family.batch_sizes == [16, 8, 4, 4, 8, 4, 4]
+
+
+def test_out_of_memory_backs_the_budget_off_and_replans_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    family = Echo(oom_above=4)
+    budget = TokenBudget(1000, floor=1, recover_after=100)
+    with caplog.at_level(logging.WARNING, logger="sluice.worker"):
+        out = _run(family, [f"w{i} x" for i in range(48)], max_batch_size=16, budget=budget)
+    assert len(out) == 48 and all(r.error is None for r in out.values())
+    # The first batch of 16 splits down to 4s; the 32 left are re-planned as batches of 4
+    # (8 padded tokens) instead of failing twice more at 16 and 8.
+    assert family.batch_sizes == [16, 8, 4, 4, 8, 4, 4] + [4] * 8
+    assert budget.current == 8
+    assert "max_batch_tokens backs off 1000 -> 16" in caplog.text
+
+
+def test_backed_off_budget_recovers_gradually_and_is_kept_across_chunks() -> None:
+    family = Echo()
+    budget = shared_budget(family, 16, floor=4, recover_after=2)
+    assert shared_budget(family, 16, floor=4, recover_after=2) is budget  # the next chunk sees the back-off
+    budget.back_off(16)
+    _run(family, [f"w{i} x" for i in range(60)], max_batch_tokens=16, budget=budget)
+    # 8 tokens (4 items), +25% every two good batches: 10, 12, 15, then the configured 16.
+    assert family.batch_sizes == [4, 4, 5, 5, 6, 6, 7, 7, 8, 8]
+    assert budget.current == 16
+    assert shared_budget(family, 32, floor=4, recover_after=2).current == 32  # new settings, new budget
+
+
+class Staged(Echo):
+    """Records whether the next batch was collated (on another thread) while a forward pass ran."""
+
+    def __init__(self, batches: int = 0) -> None:
+        super().__init__()
+        self.batches = batches
+        self.collated = 0
+        self.changed = threading.Condition()
+        self.threads: set[str] = set()
+        self.overlapped: list[bool] = []
+
+    def collate(self, features: list[Feature]) -> dict[str, Any]:
+        self.threads.add(threading.current_thread().name)
+        if any("nocollate" in f.meta["w"] for f in features):
+            raise ValueError("cannot collate")
+        with self.changed:
+            self.collated += 1
+            self.changed.notify_all()
+        return super().collate(features)
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        k = len(self.batch_sizes)  # this is forward pass k; batch k + 1 should be collated meanwhile
+        out = super().forward(batch)
+        if k + 1 < self.batches:
+            with self.changed:
+                self.overlapped.append(self.changed.wait_for(lambda: self.collated >= k + 2, timeout=30))
+        return out
+
+
+def test_next_batch_is_collated_while_the_current_one_runs() -> None:
+    family = Staged(batches=3)
+    out = _run(family, [f"w{i} x" for i in range(12)], max_batch_size=4)
+    assert len(out) == 12 and all(r.error is None for r in out.values())
+    assert family.batch_sizes == [4, 4, 4] and family.overlapped == [True, True]
+    assert family.threads == {"sluice-collate_0"}
+
+
+def test_item_that_cannot_be_collated_fails_alone() -> None:
+    out = _run(Staged(), ["a b", "c nocollate", "d e"], max_batch_size=8)
+    assert out[1].error == "ValueError: cannot collate"
+    assert out[0].score == 2 and out[2].score == 2

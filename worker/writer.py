@@ -1,0 +1,74 @@
+"""Commits results on a background thread while the next forward pass runs.
+
+One writer thread per chunk, fed through a bounded queue: a slow database slows the engine
+down (``put`` blocks) instead of piling a chunk's results up in memory. Results are acked to
+Celery only after they are committed, so the caller must leave the ``with`` block (which waits for
+every queued write) before closing a chunk, and the first write error is raised from ``put`` or
+from the end of the block, never swallowed: the task fails instead of acking lost results.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from types import TracebackType
+
+from worker.families.base import ItemResult
+from worker.store import Store
+
+log = logging.getLogger("sluice.worker")
+
+#: Batches of results that may wait for the database; two keep the thread busy without hoarding.
+QUEUE_DEPTH = 2
+
+
+class ResultWriter:
+    """Writes ``{job id: results}`` batches in order, each in its own transaction, off the caller's thread.
+
+    After each write it checks whether ``watch_job`` was cancelled, so the database is not read
+    on the forward-pass thread either; :attr:`cancelled` is what it last saw.
+    """
+
+    def __init__(self, store: Store, worker: str | None, watch_job: str, depth: int = QUEUE_DEPTH) -> None:
+        self.store = store
+        self.worker = worker
+        self.watch_job = watch_job
+        self.written = 0
+        self.failed = 0
+        self.cancelled = False
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[dict[str, list[ItemResult]] | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._loop, name="sluice-writer", daemon=True)
+
+    def __enter__(self) -> ResultWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is None or exc is self._error:
+            return
+        if exc is None:
+            raise self._error
+        log.error("result write failed while the chunk was failing anyway: %r", self._error)
+
+    def put(self, results: dict[str, list[ItemResult]]) -> None:
+        """Queue a batch for writing; blocks while the queue is full; raises an earlier write's error."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(results)
+
+    def _loop(self) -> None:
+        while (results := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so that put() never blocks on a dead writer
+            try:
+                if results:
+                    done, failed = self.store.write_results(results, self.worker)
+                    self.written += done
+                    self.failed += failed
+                self.cancelled = self.store.is_cancelled(self.watch_job)
+            except BaseException as exc:  # handed to the caller's thread, which fails the task
+                self._error = exc
