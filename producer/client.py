@@ -190,7 +190,9 @@ class Client:
         return load_workers(self.engine, self.settings.heartbeat_seconds)
 
     # follow ---------------------------------------------------------------------------------
-    def status(self, job_id: str) -> JobInfo:
+    def status(self, job_id: str, explain: bool = True) -> JobInfo:
+        """The job's row; with ``explain``, also why its queued chunks may not be picked up
+        (two more queries, which progress polling skips)."""
         with self.engine.connect() as conn:
             row = conn.execute(select(Job.__table__).where(Job.id == job_id)).one_or_none()
         if row is None:
@@ -200,7 +202,7 @@ class Client:
             id=row.id, model=row.model, task=row.task, status=status, priority=row.priority,
             total=row.total_items, done=row.done_items, failed=row.failed_items, created_at=row.created_at,
             started_at=row.started_at, finished_at=row.finished_at,
-            waiting_reason=None if status.terminal else self._waiting_reason(job_id, row.model),
+            waiting_reason=None if status.terminal or not explain else self._waiting_reason(job_id, row.model),
         )  # fmt: skip
 
     def _waiting_reason(self, job_id: str, model: str) -> str | None:
@@ -219,7 +221,7 @@ class Client:
     def wait(self, job_id: str, timeout: float | None = None, progress: bool = False, poll_s: float = 0.5) -> JobInfo:
         """Poll the database until the job ends; optionally draw a progress bar."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        info = self.status(job_id)
+        info = self.status(job_id, explain=False)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -236,14 +238,14 @@ class Client:
                     raise TimeoutError(f"job {job_id} still {info.status} after {timeout}s "
                                        f"({info.finished}/{info.total} items)")  # fmt: skip
                 time.sleep(poll_s)
-                info = self.status(job_id)
+                info = self.status(job_id, explain=False)
         finally:
             if bar is not None:
                 bar.close()
 
     def cancel(self, job_id: str) -> bool:
         """Mark a job cancelled; workers check before each batch. False if it had already ended."""
-        self.status(job_id)
+        self.status(job_id, explain=False)
         with self.engine.begin() as conn:
             res = conn.execute(update(Job.__table__).where(
                 Job.id == job_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
@@ -253,11 +255,11 @@ class Client:
     def jobs(self, limit: int = 20) -> list[JobInfo]:
         with self.engine.connect() as conn:
             ids = conn.execute(select(Job.id).order_by(Job.created_at.desc()).limit(limit)).scalars().all()
-        return [self.status(i) for i in ids]
+        return [self.status(i, explain=False) for i in ids]
 
     def results(self, job_id: str, include_input: bool = False) -> Iterator[dict[str, Any]]:
         """One row per item, in input order, streamed from the database."""
-        self.status(job_id)
+        self.status(job_id, explain=False)
         t = Item.__table__
         cols = [t.c.item, t.c.status, t.c.label, t.c.score, t.c.output, t.c.embedding, t.c.error]
         if include_input:
