@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -151,8 +152,11 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from producer.reconcile import reconcile
+    from producer.reconcile import reconcile, reconcile_every
 
+    if args.every:
+        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        reconcile_every(settings, args.every)
     print(f"re-enqueued {reconcile(settings, include_queued=args.include_queued)} chunk(s)")
     return 0
 
@@ -259,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("reconcile", help="re-enqueue chunks whose worker lease expired")
+    p = sub.add_parser("reconcile", help="re-enqueue chunks of gone workers, expired leases and unsent chunks")
+    p.add_argument("--every", type=float, metavar="SECONDS", help="repeat forever (the Compose beat service)")
     p.add_argument("--include-queued", action="store_true", help="also resend chunks that never started")
     p.set_defaults(func=cmd_reconcile)
 

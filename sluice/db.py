@@ -74,6 +74,8 @@ class Chunk(Base):
     deliveries: Mapped[int] = mapped_column(Integer, default=0)
     lease: Mapped[str | None] = mapped_column(String(36))
     leased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: the worker (Celery node name) holding the lease: a restarted or dead worker's chunks go back to the queue
+    leased_by: Mapped[str | None] = mapped_column(String(255))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The Redis queue its message was last sent to: a chunk on a queue no live worker consumes
     # is waiting for nobody, which `sluice status` reports and `sluice reconcile` re-routes.

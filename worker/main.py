@@ -27,6 +27,7 @@ def run_worker(
 ) -> None:
     from celery.signals import worker_ready
 
+    from producer.reconcile import reclaim_own
     from worker.presence import Presence
     from worker.runtime import WorkerRuntime, configure_threads
 
@@ -45,6 +46,9 @@ def run_worker(
         presence.report(WorkerStatus.RUNNING)
 
     worker_ready.connect(ready, weak=False)
+    # A node restarted under the same name (by the supervisor or Compose) gets back at once the
+    # chunks its killed predecessor held, instead of after the lease or visibility timeout.
+    reclaim_own(settings, node)
     presence.start()
     try:
         runtime.preload(models)

@@ -56,7 +56,7 @@ class WorkerRuntime:
         self.pool.preload(names)
 
     def process_chunk(self, job_id: str, idx: int) -> ChunkReport:
-        claim = self.store.claim(job_id, idx)
+        claim = self.store.claim(job_id, idx, worker=self.hostname)
         if claim is None:
             return ChunkReport(skipped=True)
         claims = [claim, *self._coalesce(claim)]
@@ -79,7 +79,7 @@ class WorkerRuntime:
         taken: list[Claim] = []
         wanted = 2 * self.settings.max_batch_size - len(claim.items)
         for job_id, idx in self.store.queued_chunks(claim.model, limit, (claim.job_id, claim.idx)):
-            other = self.store.claim(job_id, idx, only_queued=True)
+            other = self.store.claim(job_id, idx, only_queued=True, worker=self.hostname)
             if other is not None:
                 taken.append(other)
                 wanted -= len(other.items)

@@ -93,7 +93,7 @@ class Store:
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
 
-    def claim(self, job_id: str, idx: int, only_queued: bool = False) -> Claim | None:
+    def claim(self, job_id: str, idx: int, only_queued: bool = False, worker: str | None = None) -> Claim | None:
         """Take the chunk; None when there is nothing to do.
 
         Nothing to do: the chunk is done, its job ended, another worker holds a fresh lease on it
@@ -120,7 +120,7 @@ class Store:
                 .where(_chunks.c.job_id == job_id, _chunks.c.idx == idx, _chunks.c.status == chunk.status,
                        _chunks.c.deliveries == chunk.deliveries)
                 .values(status=ChunkStatus.RUNNING.value, deliveries=_chunks.c.deliveries + 1,
-                        lease=lease, leased_at=utcnow())
+                        lease=lease, leased_at=utcnow(), leased_by=worker)
             ).rowcount  # fmt: skip
             if not taken:  # another worker claimed it between our read and our write
                 return None

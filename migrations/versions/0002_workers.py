@@ -1,4 +1,4 @@
-"""workers table (residency and heartbeats) and the queue each chunk was sent to
+"""workers table (residency and heartbeats), the queue each chunk was sent to, the worker holding its lease
 
 Revision ID: 0002
 Revises: 0001
@@ -33,9 +33,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("chunks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("queue", sa.String(length=255), nullable=True))
+        batch_op.add_column(sa.Column("leased_by", sa.String(length=255), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("chunks", schema=None) as batch_op:
+        batch_op.drop_column("leased_by")
         batch_op.drop_column("queue")
     op.drop_table("workers")

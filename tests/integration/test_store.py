@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from producer.client import Client
-from producer.reconcile import stale_chunks
+from producer.reconcile import reclaim_own, reconcile, stale_chunks
 from sluice import migrate
-from sluice.db import Chunk, get_engine, utcnow
-from sluice.status import JobStatus
+from sluice.db import Chunk, Worker, get_engine, utcnow
+from sluice.status import JobStatus, WorkerStatus
 from tests.conftest import make_settings
 from worker.families.base import ItemResult
 from worker.store import Store
@@ -124,3 +126,58 @@ def test_reconcile_finds_expired_leases_and_unsent_chunks(client: Client) -> Non
         conn.execute(update(Chunk.__table__).where(Chunk.job_id == job, Chunk.idx == 1).values(leased_at=long_ago))
     assert stale_chunks(client)[(job, 0)] == [1]
     assert stale_chunks(client, include_queued=True)[(job, 0)] == [0, 1, 2]
+
+
+def _worker_row(client: Client, hostname: str, pid: int, beat_age_s: float) -> None:
+    beat = utcnow() - timedelta(seconds=beat_age_s)
+    with get_engine(client.settings.resolved_database_url).begin() as conn:
+        conn.execute(insert(Worker.__table__).values(
+            hostname=hostname, pid=pid, device="cpu", queues=[client.settings.queue], models=[], evictions=[],
+            status=WorkerStatus.RUNNING.value, started_at=beat, heartbeat_at=beat))  # fmt: skip
+
+
+def _sent(client: Client) -> list[tuple[str, list[int]]]:
+    sent: list[tuple[str, list[int]]] = []
+    client.enqueue = lambda job, chunks, *a, **k: sent.append((job, list(chunks)))  # type: ignore[method-assign]
+    return sent
+
+
+def test_chunks_of_a_gone_worker_are_requeued_at_once(client: Client) -> None:
+    job = client.submit("minilm", [f"doc {i}" for i in range(8)])
+    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    assert store.claim(job, 0, worker="ghost@host") and store.claim(job, 1, worker="alive@host")
+    _worker_row(client, "ghost@host", pid=1, beat_age_s=3600)  # heartbeat long stale: gone
+    _worker_row(client, "alive@host", pid=1, beat_age_s=0)
+    with get_engine(client.settings.resolved_database_url).begin() as conn:
+        conn.execute(update(Chunk).values(enqueued_at=utcnow()))  # as if sent: only the lease matters here
+    sent = _sent(client)
+    assert reconcile(client.settings, client=client) == 1  # the lease is fresh, but its holder is gone
+    assert sent == [(job, [0])]
+    again = store.claim(job, 0, worker="alive@host")  # no lease left: the next delivery takes it
+    assert again is not None and [i for i, _ in again.items] == [0, 1, 2, 3]
+    assert store.claim(job, 1) is None  # the live worker's chunk stays with it
+
+
+def test_a_restarted_worker_reclaims_what_its_predecessor_held(client: Client) -> None:
+    job = client.submit("minilm", [f"doc {i}" for i in range(8)])
+    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    assert store.claim(job, 0, worker="gpu1@host")
+    _worker_row(client, "gpu1@host", pid=_dead_pid(), beat_age_s=0)  # killed a moment ago: heartbeat still fresh
+    sent = _sent(client)
+    assert reclaim_own(client.settings, "gpu1@host", client) == 1 and sent == [(job, [0])]
+
+
+def test_no_reclaim_from_another_live_process_with_the_same_name(client: Client) -> None:
+    job = client.submit("minilm", [f"doc {i}" for i in range(8)])
+    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    assert store.claim(job, 0, worker="gpu0@host")
+    _worker_row(client, "gpu0@host", pid=os.getppid(), beat_age_s=0)  # a live process that is not us
+    sent = _sent(client)
+    assert reclaim_own(client.settings, "gpu0@host", client) == 0 and sent == []
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
