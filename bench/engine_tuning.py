@@ -2,8 +2,8 @@
 
 ``grid``: docs/s over ``max_batch_tokens`` x ``max_batch_size``, compute only.
 ``pipeline``: docs/s with every batch's results committed to a database, serially (the old loop:
-collate, forward, write, cancellation check, one after the other) against writes on the writer
-thread, without and with the next batch collated during the forward.
+forward, write, cancellation check, one after the other) against writes on the writer thread
+during the next forward; also the seconds spent outside forward passes.
 
 Documents are ``sluice.corpus.stdlib_documents``, run in chunks of ``--chunk`` items as a worker
 would; configurations run interleaved and the median of ``--runs`` is printed, because the
@@ -27,11 +27,14 @@ import torch
 from bench.store_writes import new_job, scratch_databases
 from sluice.corpus import stdlib_documents
 from sluice.registry import BUNDLED_REGISTRY, load_registry
+from sluice.settings import Settings
 from worker.engine import Engine
 from worker.families import family_for
 from worker.families.base import TaskFamily
 from worker.store import Store
 from worker.writer import ResultWriter
+
+DEFAULTS = Settings()  # batch settings as configured (SLUICE_MAX_BATCH_TOKENS, SLUICE_MAX_BATCH_SIZE)
 
 
 def load_minilm() -> TaskFamily:
@@ -71,7 +74,7 @@ def compute_only(family: TaskFamily, docs: list[str], chunk: int, tokens: int, s
 
 
 def with_writes(
-    family: TaskFamily, clock: ForwardClock, docs: list[str], chunk: int, url: str, prefetch: bool, writer: bool
+    family: TaskFamily, clock: ForwardClock, docs: list[str], chunk: int, url: str, writer: bool
 ) -> tuple[float, float]:
     """(seconds to run and commit every document, of which outside forward passes); ``writer``
     puts the writes on the writer thread."""
@@ -80,7 +83,7 @@ def with_writes(
     clock.seconds = 0.0
     start = time.perf_counter()
     for part in chunks(docs, chunk):
-        run = Engine(family, 8192, 128, prefetch=prefetch).run(part)
+        run = Engine(family, DEFAULTS.max_batch_tokens, DEFAULTS.max_batch_size).run(part)
         if writer:
             with ResultWriter(store, "bench", job) as w:
                 for results, _ in run:
@@ -105,7 +108,8 @@ def interleaved(runs: int, configs: dict[str, Callable[[], tuple[float, float]]]
     for name, runs_s in seconds.items():
         rates = [n_docs / wall for wall, _ in runs_s]
         outside = statistics.median(o for _, o in runs_s)
-        print(f"{name:34} median {statistics.median(rates):7.1f} docs/s  outside forward {outside:6.3f}s  "
+        extra = f"outside forward {outside:6.3f}s  " if outside else ""
+        print(f"{name:34} median {statistics.median(rates):7.1f} docs/s  {extra}"
               f"runs {' '.join(f'{r:.1f}' for r in rates)}", flush=True)  # fmt: skip
 
 
@@ -137,10 +141,9 @@ def main() -> None:
         clock = ForwardClock(family)
         configs = {}
         for backend in args.backends:
-            for label, prefetch, writer in [("serial", False, False), ("writer thread", False, True),
-                                            ("writer thread + collate prefetch", True, True)]:  # fmt: skip
-                configs[f"{backend} {label}"] = lambda u=urls[backend], p=prefetch, w=writer: with_writes(
-                    family, clock, docs, args.chunk, u, p, w
+            for label, writer in [("serial", False), ("writer thread", True)]:
+                configs[f"{backend} {label}"] = lambda u=urls[backend], w=writer: with_writes(
+                    family, clock, docs, args.chunk, u, w
                 )
         interleaved(args.runs, configs, len(docs))
 

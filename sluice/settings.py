@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     queue: str = Field("sluice", description="Celery queue that chunk messages go to.")
 
     chunk_size: int = Field(512, ge=1, description="Items per chunk message; bounds redelivery work.")
-    max_batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass.")
+    max_batch_tokens: int = Field(
+        4096, ge=16, description="Padded tokens per forward pass; best measured on CPU, GPUs want more (e.g. 32768)."
+    )
     max_batch_size: int = Field(128, ge=1, description="Items per forward pass.")
     oom_min_batch_tokens: int = Field(
         256, ge=1, description="Least padded tokens per forward pass that out-of-memory back-off goes down to."

@@ -3,10 +3,9 @@
 It knows nothing about Redis or the database: given a loaded family and ``(item, fields)`` pairs,
 it tokenises them, plans batches by token budget over length-sorted features, runs each batch,
 and yields the items completed by that batch; the caller commits them while the next batch runs.
-The next batch is collated on a helper thread while the current one runs (torch and the
-tokenizers release the GIL). A batch that raises is retried one feature at a time, so a bad item
-fails alone; an out-of-memory error splits the batch in half and backs the token budget off,
-and the batches still to run are re-planned with the smaller budget.
+A batch that raises is retried one feature at a time, so a bad item fails alone; an
+out-of-memory error splits the batch in half and backs the token budget off, and the batches
+still to run are re-planned with the smaller budget.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import logging
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +93,7 @@ class Engine:
     """Runs items through a loaded family under a token budget.
 
     ``budget`` is shared by the engines of one model (see :func:`shared_budget`); without one the
-    engine backs off on its own. ``prefetch`` collates the next batch during the current forward.
+    engine backs off on its own.
     """
 
     def __init__(
@@ -104,12 +102,10 @@ class Engine:
         max_batch_tokens: int,
         max_batch_size: int,
         budget: TokenBudget | None = None,
-        prefetch: bool = True,
     ) -> None:
         self.family = family
         self.max_batch_size = max_batch_size
         self.budget = budget or TokenBudget(max_batch_tokens)
-        self.prefetch = prefetch
 
     def run(self, items: list[tuple[int, dict[str, Any]]]) -> Iterator[tuple[list[ItemResult], BatchStats]]:
         """Yield ``(completed item results, batch stats)`` after every batch."""
@@ -117,20 +113,14 @@ class Engine:
         if failed_early:
             yield failed_early, BatchStats()
         plan = self._plan(features, range(len(features)))
-        with ThreadPoolExecutor(1, thread_name_prefix="sluice-collate") as collator:
-            ahead = self._collate_ahead(collator, features, plan)
-            while plan:
-                batch = [features[i] for i in plan.pop(0)]
-                collated, budget = ahead, self.budget.current
-                # Submitted before this forward starts, so the two overlap.
-                ahead = self._collate_ahead(collator, features, plan)
-                stats = BatchStats()
-                outcomes = self._run_batch(batch, stats, collated)
-                if self.budget.current != budget:
-                    # The prefetched batch was planned with the old budget: drop it and re-plan.
-                    plan = self._plan(features, [i for b in plan for i in b])
-                    ahead = self._collate_ahead(collator, features, plan)
-                yield self._collect(pending, batch, outcomes, stats), stats
+        while plan:
+            batch = [features[i] for i in plan.pop(0)]
+            budget, stats = self.budget.current, BatchStats()
+            outcomes = self._run_batch(batch, stats)
+            if self.budget.current != budget:
+                # Backed off (or recovered): the batches still to run are re-planned.
+                plan = self._plan(features, [i for b in plan for i in b])
+            yield self._collect(pending, batch, outcomes, stats), stats
 
     def _features(
         self, items: list[tuple[int, dict[str, Any]]]
@@ -157,13 +147,6 @@ class Engine:
         chosen = list(indices)
         plan = plan_batches([features[i].length for i in chosen], self.budget.current, self.max_batch_size)
         return [[chosen[j] for j in batch] for batch in plan]
-
-    def _collate_ahead(
-        self, collator: ThreadPoolExecutor, features: list[Feature], plan: list[list[int]]
-    ) -> Future[dict[str, Any]] | None:
-        if not (self.prefetch and plan):
-            return None
-        return collator.submit(self.family.collate, [features[i] for i in plan[0]])
 
     def _collect(
         self,
@@ -196,17 +179,14 @@ class Engine:
         result.compute_ms = per_item_ms
         return result
 
-    def _run_batch(
-        self, batch: list[Feature], stats: BatchStats, collated: Future[dict[str, Any]] | None = None
-    ) -> list[Any]:
+    def _run_batch(self, batch: list[Feature], stats: BatchStats) -> list[Any]:
         """Outputs per feature; an exception object in place of the output of a feature that failed."""
         import torch
 
         start = time.perf_counter()
         try:
-            inputs = collated.result() if collated is not None else self.family.collate(batch)
             with torch.inference_mode():
-                parts = self.family.postprocess(batch, self.family.forward(inputs))
+                parts = self.family.postprocess(batch, self.family.forward(self.family.collate(batch)))
         except Exception as exc:
             if len(batch) == 1:
                 # Without its traceback, whose frames would keep the failed pass's tensors alive.

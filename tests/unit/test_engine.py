@@ -1,10 +1,8 @@
-"""The batching loop with a stand-in family: failure isolation, out-of-memory splitting and
-back-off, and collating the next batch while the current one runs."""
+"""The batching loop with a stand-in family: failure isolation, out-of-memory splitting and back-off."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import pytest
@@ -100,44 +98,16 @@ def test_backed_off_budget_recovers_gradually_and_is_kept_across_chunks() -> Non
     assert shared_budget(family, 32, floor=4, recover_after=2).current == 32  # new settings, new budget
 
 
-class Staged(Echo):
-    """Records whether the next batch was collated (on another thread) while a forward pass ran."""
-
-    def __init__(self, batches: int = 0) -> None:
-        super().__init__()
-        self.batches = batches
-        self.collated = 0
-        self.changed = threading.Condition()
-        self.threads: set[str] = set()
-        self.overlapped: list[bool] = []
+class Uncollatable(Echo):
+    """Collating a batch that holds the word 'nocollate' raises."""
 
     def collate(self, features: list[Feature]) -> dict[str, Any]:
-        self.threads.add(threading.current_thread().name)
         if any("nocollate" in f.meta["w"] for f in features):
             raise ValueError("cannot collate")
-        with self.changed:
-            self.collated += 1
-            self.changed.notify_all()
         return super().collate(features)
-
-    def forward(self, batch: dict[str, Any]) -> Any:
-        k = len(self.batch_sizes)  # this is forward pass k; batch k + 1 should be collated meanwhile
-        out = super().forward(batch)
-        if k + 1 < self.batches:
-            with self.changed:
-                self.overlapped.append(self.changed.wait_for(lambda: self.collated >= k + 2, timeout=30))
-        return out
-
-
-def test_next_batch_is_collated_while_the_current_one_runs() -> None:
-    family = Staged(batches=3)
-    out = _run(family, [f"w{i} x" for i in range(12)], max_batch_size=4)
-    assert len(out) == 12 and all(r.error is None for r in out.values())
-    assert family.batch_sizes == [4, 4, 4] and family.overlapped == [True, True]
-    assert family.threads == {"sluice-collate_0"}
 
 
 def test_item_that_cannot_be_collated_fails_alone() -> None:
-    out = _run(Staged(), ["a b", "c nocollate", "d e"], max_batch_size=8)
+    out = _run(Uncollatable(), ["a b", "c nocollate", "d e"], max_batch_size=8)
     assert out[1].error == "ValueError: cannot collate"
     assert out[0].score == 2 and out[2].score == 2
