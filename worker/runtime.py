@@ -60,10 +60,23 @@ class WorkerRuntime:
         if claim is None:
             return ChunkReport(skipped=True)
         claims = [claim, *self._coalesce(claim)]
-        report = self._run(claims)
+        try:
+            report = self._run(claims)
+        except Exception:
+            self._release(claims)
+            raise
         for c in claims:
             self.store.close(c.job_id, c.idx, c.lease)
         return report
+
+    def _release(self, claims: list[Claim]) -> None:
+        """After a failed run (a commit failed): hand the chunks back for redelivery, best effort;
+        if the database is down too, their leases expire and ``sluice reconcile`` resends them."""
+        for c in claims:
+            try:
+                self.store.release(c.job_id, c.idx, c.lease)
+            except Exception as exc:
+                log.warning("could not release chunk %s/%s: %s", c.job_id, c.idx, exc)
 
     def _coalesce(self, claim: Claim) -> list[Claim]:
         """Cross-job coalescing: when this chunk cannot fill a batch, take queued chunks of other

@@ -203,6 +203,17 @@ class Store:
         done = sum(n for (_, status), n in written.items() if status == ItemStatus.DONE.value)
         return done, sum(written.values()) - done
 
+    def release(self, job_id: str, idx: int, lease: str) -> bool:
+        """Give a chunk back (queued, no lease) after a failed run, so its redelivery can claim it at once."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(_chunks)
+                .where(_chunks.c.job_id == job_id, _chunks.c.idx == idx, _chunks.c.lease == lease,
+                       _chunks.c.status == ChunkStatus.RUNNING.value)
+                .values(status=ChunkStatus.QUEUED.value, lease=None, leased_at=None, leased_by=None)
+            )  # fmt: skip
+        return bool(res.rowcount)
+
     def close(self, job_id: str, idx: int, lease: str) -> bool:
         with self.engine.begin() as conn:
             return self._close(conn, job_id, idx, lease)

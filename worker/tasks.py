@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from celery.exceptions import Reject
+
 from sluice.celery_app import PROCESS_CHUNK, app
 from worker.runtime import WorkerRuntime
 
@@ -24,7 +26,13 @@ def init_runtime(runtime: WorkerRuntime) -> None:
 def process_chunk(job_id: str, idx: int) -> dict[str, object]:
     if _runtime is None:
         raise RuntimeError("worker runtime not initialised; start workers with `sluice worker`")
-    report = _runtime.process_chunk(job_id, idx)
+    try:
+        report = _runtime.process_chunk(job_id, idx)
+    except Exception as exc:
+        # Celery acks a failed task; requeue instead, so a transient failure (a commit that did not
+        # go through) is retried at once. The delivery counter bounds a chunk that always fails.
+        log.exception("chunk %s/%s failed; requeued", job_id, idx)
+        raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
     stats = report.stats
     log.info(
         "chunk %s/%s: %d done, %d failed%s",

@@ -181,3 +181,14 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_a_failed_run_releases_its_chunk_for_redelivery(client: Client) -> None:
+    job = client.submit("minilm", [f"doc {i}" for i in range(8)])
+    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    claim = store.claim(job, 0, worker="w@host")
+    assert claim and store.claim(job, 0) is None  # leased
+    assert not store.release(job, 0, "someone else's lease")
+    assert store.release(job, 0, claim.lease)
+    again = store.claim(job, 0, worker="w@host")  # the requeued message claims it at once
+    assert again is not None and again.lease != claim.lease
