@@ -144,6 +144,12 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
     from sluice.routing import describe_worker, load_workers
 
     rows = load_workers(get_engine(settings.resolved_database_url), settings.heartbeat_seconds, args.all)
+    if args.check:
+        # A health check: the heartbeat thread reports even mid-chunk, when a solo-pool worker
+        # cannot answer a Celery ping.
+        live = any(r.hostname == args.check and r.live for r in rows)
+        print(f"{args.check}: {'live' if live else 'not live (no fresh heartbeat)'}")
+        return 0 if live else 1
     for row in rows:
         print(describe_worker(row))
     if not rows:
@@ -257,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("workers", help="live workers: device, queues, resident models, memory, heartbeat")
     p.add_argument("--all", action="store_true", help="also workers that stopped or whose heartbeat is stale")
+    p.add_argument("--check", metavar="NODE", help="exit 0 if worker NODE has a fresh heartbeat, else 1 (health check)")
     p.set_defaults(func=cmd_workers)
 
     p = sub.add_parser("cancel", help="cancel a job (workers stop at the next batch)")
