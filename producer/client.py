@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from producer.validate import MAX_REPORTED, check_item, normalise, rejection
 from sluice.celery_app import PROCESS_CHUNK, create_app, redis_priority
-from sluice.db import Chunk, Item, Job, get_engine, utcnow
+from sluice.db import Chunk, Item, Job, as_utc, get_engine, utcnow
 from sluice.errors import JobNotFoundError, ValidationError
 from sluice.registry import Registry, load_registry
 from sluice.routing import WorkerRow, load_workers, route, waiting_reason
@@ -60,17 +60,12 @@ class JobInfo:
     def elapsed_s(self) -> float | None:
         """Seconds from submission to the last result (or to now while running)."""
         end = self.finished_at or (datetime.now(UTC) if self.started_at else None)
-        return (_aware(end) - _aware(self.created_at)).total_seconds() if end else None
+        return (as_utc(end) - as_utc(self.created_at)).total_seconds() if end else None
 
     @property
     def items_per_s(self) -> float | None:
         elapsed = self.elapsed_s
         return self.finished / elapsed if elapsed else None
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything Sluice writes is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Client:

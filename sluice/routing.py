@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from sluice.db import Worker, utcnow
+from sluice.db import Worker, as_utc, utcnow
 from sluice.status import WorkerStatus
 
 STALE_AFTER_BEATS = 3  # a worker that missed this many heartbeats is presumed gone
@@ -59,11 +59,6 @@ class WorkerRow:
         return sum(int(m.get("bytes") or 0) for m in self.models)
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything Sluice writes is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def load_workers(engine: Engine, heartbeat_seconds: float, include_stale: bool = False) -> list[WorkerRow]:
     """Workers by hostname; only live ones (fresh heartbeat, not stopped) unless ``include_stale``."""
     cutoff = utcnow() - timedelta(seconds=STALE_AFTER_BEATS * heartbeat_seconds)
@@ -71,12 +66,12 @@ def load_workers(engine: Engine, heartbeat_seconds: float, include_stale: bool =
         rows = conn.execute(select(Worker.__table__).order_by(Worker.hostname)).all()
     found = []
     for r in rows:
-        status, beat = WorkerStatus(r.status), _aware(r.heartbeat_at)
+        status, beat = WorkerStatus(r.status), as_utc(r.heartbeat_at)
         live = status is not WorkerStatus.STOPPED and beat >= cutoff
         if live or include_stale:
             found.append(WorkerRow(
                 r.hostname, r.pid, r.device, tuple(r.queues or ()), tuple(r.models or ()), tuple(r.evictions or ()),
-                r.memory_budget, status, _aware(r.started_at), beat, live,
+                r.memory_budget, status, as_utc(r.started_at), beat, live,
             ))  # fmt: skip
     return found
 
@@ -117,7 +112,7 @@ def waiting_reason(model: str, queues: Collection[str | None], workers: list[Wor
 def _ago(stamp: str | datetime | None) -> str:
     if stamp is None:
         return "-"
-    when = _aware(datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp)
+    when = as_utc(datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp)
     return f"{(utcnow() - when).total_seconds():.0f}s ago"
 
 

@@ -14,13 +14,13 @@ import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, and_, bindparam, case, select, text, update
 
-from sluice.db import Chunk, Item, Job, get_engine, utcnow
+from sluice.db import Chunk, Item, Job, as_utc, get_engine, utcnow
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 from worker.families.base import ItemResult
 
@@ -146,9 +146,7 @@ class Store:
     def _lease_expired(self, leased_at: Any) -> bool:
         if leased_at is None:
             return True
-        if leased_at.tzinfo is None:  # SQLite returns naive UTC
-            leased_at = leased_at.replace(tzinfo=UTC)
-        return bool(utcnow() - leased_at > timedelta(seconds=self.lease_seconds))
+        return bool(utcnow() - as_utc(leased_at) > timedelta(seconds=self.lease_seconds))
 
     def queued_chunks(self, model: str, limit: int, exclude: tuple[str, int]) -> list[tuple[str, int]]:
         """Queued chunks of other jobs for the same model, most urgent first: coalescing candidates."""

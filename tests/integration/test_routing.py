@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from producer.client import Client
 from sluice import migrate
 from sluice.celery_app import create_app
-from sluice.db import Chunk, Item, get_engine
+from sluice.db import Chunk, Item, as_utc, get_engine
 from sluice.process import spawn, stop_worker, wait_for_worker, worker_command
 from sluice.routing import WorkerRow, load_workers
 from sluice.settings import Settings
@@ -107,14 +107,10 @@ def item_workers(client: Client, job: str) -> set[str | None]:
         return set(conn.execute(select(Item.worker).distinct().where(Item.job_id == job)).scalars())
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite returns naive UTC
-
-
 def finished_at(client: Client, job: str, last: bool = True) -> datetime:
     agg = func.max if last else func.min
     with client.engine.connect() as conn:
-        return _aware(conn.execute(select(agg(Item.finished_at)).where(Item.job_id == job)).scalar_one())
+        return as_utc(conn.execute(select(agg(Item.finished_at)).where(Item.job_id == job)).scalar_one())
 
 
 def sluice(env: dict[str, str], *args: str) -> str:
@@ -148,7 +144,7 @@ def test_urgent_job_overtakes_a_backlog_at_the_next_chunk(fleet: Fleet) -> None:
     with client.engine.connect() as conn:
         # enqueued_at is taken right after the messages went to Redis (before its UPDATE may wait
         # for SQLite's write lock), so it is when the worker could first have seen them.
-        sent = _aware(conn.execute(select(func.max(Chunk.enqueued_at)).where(Chunk.job_id == urgent)).scalar_one())
+        sent = as_utc(conn.execute(select(func.max(Chunk.enqueued_at)).where(Chunk.job_id == urgent)).scalar_one())
         in_between = (Item.job_id == backlog, Item.finished_at > sent, Item.finished_at < urgent_first)
         between = conn.execute(select(func.count()).where(*in_between)).scalar_one()
     client.cancel(backlog)
