@@ -72,11 +72,12 @@ def requeue_held_by(client: Client, hostnames: list[str]) -> int:
     """
     if not hostnames:
         return 0
-    held = and_(Chunk.status == ChunkStatus.RUNNING.value, Chunk.leased_by.in_(hostnames))
-    active = Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
+    active = select(Job.id).where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+    # Chunks of ended jobs stay as they are: nothing would send them again.
+    held = and_(Chunk.status == ChunkStatus.RUNNING.value, Chunk.leased_by.in_(hostnames), Chunk.job_id.in_(active))
     with client.engine.begin() as conn:
         rows = conn.execute(select(Chunk.job_id, Chunk.idx, Job.priority, Job.model)
-                            .join(Job, Job.id == Chunk.job_id).where(held, active)).all()  # fmt: skip
+                            .join(Job, Job.id == Chunk.job_id).where(held)).all()  # fmt: skip
         conn.execute(update(Chunk.__table__).where(held).values(
             status=ChunkStatus.QUEUED.value, lease=None, leased_at=None, leased_by=None))  # fmt: skip
     by_job: dict[tuple[str, int, str], list[int]] = defaultdict(list)
