@@ -83,7 +83,7 @@ def with_writes(
     clock.seconds = 0.0
     start = time.perf_counter()
     for part in chunks(docs, chunk):
-        run = Engine(family, DEFAULTS.max_batch_tokens, DEFAULTS.max_batch_size).run(part)
+        run = Engine(family, DEFAULTS.batch_tokens("cpu"), DEFAULTS.max_batch_size).run(part)
         if writer:
             with ResultWriter(store, "bench", job) as w:
                 for results, _ in run:

@@ -55,7 +55,7 @@ def sluice_worker(settings: Settings, models: list[str], threads: int) -> Iterat
     env = {
         "SLUICE_DATABASE_URL": settings.resolved_database_url, "SLUICE_BROKER_URL": settings.broker_url or "",
         "SLUICE_MODELS_FILE": str(settings.models_file), "SLUICE_QUEUE": settings.queue,
-        "SLUICE_TORCH_THREADS": str(threads), "SLUICE_MAX_BATCH_TOKENS": str(settings.max_batch_tokens),
+        "SLUICE_TORCH_THREADS": str(threads), "SLUICE_MAX_BATCH_TOKENS": str(settings.batch_tokens("cpu")),
         "SLUICE_CHUNK_SIZE": str(settings.chunk_size), "SLUICE_VAR_DIR": str(settings.var_dir),
     }  # fmt: skip
     host = f"bench-{uuid.uuid4().hex[:6]}@localhost"

@@ -65,8 +65,7 @@ class WorkerRuntime:
         except Exception:
             self._release(claims)
             raise
-        for c in claims:
-            self.store.close(c.job_id, c.idx, c.lease)
+        self.store.close_all(claims)
         return report
 
     def _release(self, claims: list[Claim]) -> None:
@@ -79,26 +78,20 @@ class WorkerRuntime:
                 log.warning("could not release chunk %s/%s: %s", c.job_id, c.idx, exc)
 
     def _coalesce(self, claim: Claim) -> list[Claim]:
-        """Cross-job coalescing: when this chunk cannot fill a batch, take queued chunks of other
-        jobs for the same model straight from the database so they share forward passes.
+        """Cross-job coalescing: when this chunk is smaller than a chunk can be, take queued chunks
+        of other jobs for the same model straight from the database, up to ``chunk_size`` items in
+        all, so that small jobs get the sorting window and full batches a bulk chunk gets.
 
         Their Redis messages stay queued; when they arrive, the chunks are found done (or leased)
         and acked without work. If this worker dies first, those messages (or the reconciler,
         once the lease expires) bring the chunks back: nothing is acked before it is committed.
         """
-        limit = self.settings.coalesce_chunks
-        if not limit or len(claim.items) >= self.settings.max_batch_size:
+        room = self.settings.chunk_size - len(claim.items)
+        if not self.settings.coalesce_chunks or room <= 0:
             return []
-        taken: list[Claim] = []
-        wanted = 2 * self.settings.max_batch_size - len(claim.items)
-        for job_id, idx in self.store.queued_chunks(claim.model, limit, (claim.job_id, claim.idx)):
-            other = self.store.claim(job_id, idx, only_queued=True, worker=self.hostname)
-            if other is not None:
-                taken.append(other)
-                wanted -= len(other.items)
-                if wanted <= 0:
-                    break
-        return taken
+        return self.store.claim_queued(
+            claim.model, (claim.job_id, claim.idx), self.settings.coalesce_chunks, room, worker=self.hostname
+        )
 
     def _run(self, claims: list[Claim]) -> ChunkReport:
         """Run the claimed items; returns only once every result is committed (raises if one is not).
@@ -109,8 +102,9 @@ class WorkerRuntime:
         report = ChunkReport(stats=BatchStats())
         family = self.pool.get(claims[0].model)
         s = self.settings
-        budget = shared_budget(family, s.max_batch_tokens, s.oom_min_batch_tokens, s.oom_recover_batches)
-        engine = Engine(family, s.max_batch_tokens, s.max_batch_size, budget=budget)
+        tokens = s.batch_tokens(self.device)
+        budget = shared_budget(family, tokens, s.oom_min_batch_tokens, s.oom_recover_batches)
+        engine = Engine(family, tokens, s.max_batch_size, budget=budget)
         # The engine numbers items 0..n-1 across all claimed chunks; keys maps them back to
         # (job, item). Job-level params are defaults that an item's own fields override.
         keys: list[tuple[str, int]] = []

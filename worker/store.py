@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, and_, bindparam, case, select, text, update
+from sqlalchemy import Connection, and_, bindparam, case, select, text, tuple_, update
 
 from sluice.db import Chunk, Item, Job, as_utc, get_engine, utcnow
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
@@ -148,19 +148,83 @@ class Store:
             return True
         return bool(utcnow() - as_utc(leased_at) > timedelta(seconds=self.lease_seconds))
 
-    def queued_chunks(self, model: str, limit: int, exclude: tuple[str, int]) -> list[tuple[str, int]]:
-        """Queued chunks of other jobs for the same model, most urgent first: coalescing candidates."""
+    def claim_queued(
+        self, model: str, exclude: tuple[str, int], max_chunks: int, max_items: int, worker: str | None = None
+    ) -> list[Claim]:
+        """Cross-job coalescing: take queued chunks of other active jobs for ``model``, most urgent
+        first, until ``max_items`` items are taken; one transaction, however many chunks.
+
+        The chunks share one lease. Only chunks still queued move, so a chunk another worker takes
+        meanwhile is skipped, never shared; a chunk past ``max_attempts`` is dead-lettered instead.
+        """
+        if max_chunks <= 0 or max_items <= 0:
+            return []
+        lease, now = str(uuid.uuid4()), utcnow()
+        with self.engine.begin() as conn:
+            chosen = self._coalescing_candidates(conn, model, exclude, max_chunks, max_items)
+            if not chosen:
+                return []
+            in_chosen = tuple_(_chunks.c.job_id, _chunks.c.idx).in_(chosen)
+            conn.execute(
+                update(_chunks).where(in_chosen, _chunks.c.status == ChunkStatus.QUEUED.value)
+                .values(status=ChunkStatus.RUNNING.value, deliveries=_chunks.c.deliveries + 1,
+                        lease=lease, leased_at=now, leased_by=worker)
+            )  # fmt: skip
+            taken = conn.execute(
+                select(_chunks.c.job_id, _chunks.c.idx, _chunks.c.start, _chunks.c.stop, _chunks.c.deliveries)
+                .where(in_chosen, _chunks.c.lease == lease)
+            ).all()  # fmt: skip
+            if not taken:
+                return []
+            jobs = {r.job_id for r in taken}
+            conn.execute(
+                update(_jobs).where(_jobs.c.id.in_(jobs), _jobs.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.RUNNING.value, started_at=now)
+            )  # fmt: skip
+            params = {r.id: r.params or {} for r in conn.execute(select(_jobs.c.id, _jobs.c.params).where(
+                _jobs.c.id.in_(jobs)))}  # fmt: skip
+            keys = [(r.job_id, i) for r in taken for i in range(r.start, r.stop)]
+            pending = and_(
+                tuple_(_items.c.job_id, _items.c.item).in_(keys), _items.c.status == ItemStatus.PENDING.value
+            )
+            conn.execute(update(_items).where(pending).values(attempts=_items.c.attempts + 1))
+            by_job: dict[str, list[tuple[int, Any]]] = {}
+            for row in conn.execute(select(_items.c.job_id, _items.c.item, _items.c.input).where(pending)
+                                    .order_by(_items.c.job_id, _items.c.item)):  # fmt: skip
+                by_job.setdefault(row.job_id, []).append((row.item, row.input))
+        claims = []
+        rank = {key: n for n, key in enumerate(chosen)}
+        for r in sorted(taken, key=lambda r: rank[r.job_id, r.idx]):
+            items = [(i, x) for i, x in by_job.get(r.job_id, []) if r.start <= i < r.stop]
+            if r.deliveries > self.max_attempts:
+                self.dead_letter(r.job_id, r.idx, lease, items, r.deliveries)
+            else:
+                claims.append(Claim(r.job_id, r.idx, lease, model, params[r.job_id], items))
+        return claims
+
+    @staticmethod
+    def _coalescing_candidates(
+        conn: Connection, model: str, exclude: tuple[str, int], max_chunks: int, max_items: int
+    ) -> list[tuple[str, int]]:
+        """Queued chunks of active jobs for ``model``, most urgent first, up to the limits."""
         query = (
-            select(_chunks.c.job_id, _chunks.c.idx)
+            select(_chunks.c.job_id, _chunks.c.idx, _chunks.c.start, _chunks.c.stop)
             .join(_jobs, _jobs.c.id == _chunks.c.job_id)
             .where(_chunks.c.status == ChunkStatus.QUEUED.value, _jobs.c.model == model,
                    _jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
             .order_by(_jobs.c.priority.desc(), _jobs.c.created_at, _chunks.c.idx)
-            .limit(limit + 1)
+            .limit(max_chunks + 1)
         )  # fmt: skip
-        with self.engine.connect() as conn:
-            found = [(r.job_id, r.idx) for r in conn.execute(query)]
-        return [c for c in found if c != exclude][:limit]
+        chosen: list[tuple[str, int]] = []
+        items = 0
+        for r in conn.execute(query):
+            if (r.job_id, r.idx) == exclude:
+                continue
+            if items >= max_items or len(chosen) >= max_chunks:
+                break
+            chosen.append((r.job_id, r.idx))
+            items += r.stop - r.start
+        return chosen
 
     def dead_letter(self, job_id: str, idx: int, lease: str, items: list[tuple[int, Any]], n: int) -> None:
         error = (
@@ -189,15 +253,15 @@ class Store:
                 written = _write_postgresql(conn, rows, worker, now)
             else:
                 written = _write_executemany(conn, rows)
-            for job_id in results:
-                done, failed = written[job_id, ItemStatus.DONE.value], written[job_id, ItemStatus.FAILED.value]
-                if done or failed:
-                    conn.execute(
-                        update(_jobs)
-                        .where(_jobs.c.id == job_id)
-                        .values(done_items=_jobs.c.done_items + done, failed_items=_jobs.c.failed_items + failed)
-                    )
-                    _finish_job_if_complete(conn, job_id)
+            moved = [
+                {"b_id": job_id, "b_done": written[job_id, ItemStatus.DONE.value],
+                 "b_failed": written[job_id, ItemStatus.FAILED.value]}
+                for job_id in results
+            ]  # fmt: skip
+            moved = [m for m in moved if m["b_done"] or m["b_failed"]]
+            if moved:
+                conn.execute(_COUNT, moved)
+                _finish_jobs_if_complete(conn, [m["b_id"] for m in moved])
         done = sum(n for (_, status), n in written.items() if status == ItemStatus.DONE.value)
         return done, sum(written.values()) - done
 
@@ -212,6 +276,21 @@ class Store:
             )  # fmt: skip
         return bool(res.rowcount)
 
+    def close_all(self, claims: list[Claim]) -> int:
+        """Mark claimed chunks done where their leases still hold, in one transaction; returns how many."""
+        by_lease: dict[str, list[tuple[str, int]]] = {}
+        for c in claims:
+            by_lease.setdefault(c.lease, []).append((c.job_id, c.idx))
+        closed = 0
+        with self.engine.begin() as conn:
+            for lease, chunks in by_lease.items():
+                closed += conn.execute(
+                    update(_chunks)
+                    .where(tuple_(_chunks.c.job_id, _chunks.c.idx).in_(chunks), _chunks.c.lease == lease)
+                    .values(status=ChunkStatus.DONE.value)
+                ).rowcount
+        return closed
+
     def close(self, job_id: str, idx: int, lease: str) -> bool:
         with self.engine.begin() as conn:
             return self._close(conn, job_id, idx, lease)
@@ -225,11 +304,21 @@ class Store:
         return bool(res.rowcount)
 
 
-def _finish_job_if_complete(conn: Connection, job_id: str) -> None:
+# Job counters move by the rows a write actually changed: one executemany for all jobs of a batch.
+_COUNT = (
+    update(_jobs)
+    .where(_jobs.c.id == bindparam("b_id"))
+    .values(
+        done_items=_jobs.c.done_items + bindparam("b_done"), failed_items=_jobs.c.failed_items + bindparam("b_failed")
+    )
+)
+
+
+def _finish_jobs_if_complete(conn: Connection, job_ids: list[str]) -> None:
     conn.execute(
         update(_jobs)
         .where(
-            _jobs.c.id == job_id,
+            _jobs.c.id.in_(job_ids),
             _jobs.c.done_items + _jobs.c.failed_items >= _jobs.c.total_items,
             _jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
         )

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
+from producer.client import Client
+from sluice.db import Chunk, Item
 from sluice.errors import UnknownModelError, ValidationError
 from sluice.status import ItemStatus, JobStatus
 from tests.integration.conftest import Stack, sluice
@@ -40,6 +43,33 @@ def test_minilm_matches_sentence_transformers(stack: Stack) -> None:
     want = model.encode(texts, batch_size=1, normalize_embeddings=False)
     assert got.shape == want.shape == (200, 384)
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_single_document_jobs_share_forward_passes_exactly_once(stack: Stack) -> None:
+    """Cross-job coalescing: one-document jobs, all queued before their messages go out, run
+    in shared batches; each chunk is claimed once (the later messages find it done)."""
+    from sentence_transformers import SentenceTransformer
+
+    from sluice.registry import load_registry
+
+    texts = mixed_texts(40, seed=3)
+    held = Client(stack.settings)
+    sends: list[tuple[str, list[int], int, str | None]] = []
+    held.enqueue = lambda job_id, chunks, priority, model=None: sends.append((job_id, chunks, priority, model))  # type: ignore[method-assign,assignment,misc]
+    jobs = [held.submit("minilm", [t]) for t in texts]
+    for send in sends:
+        stack.client.enqueue(*send)
+    assert all(stack.client.wait(j, timeout=300).status is JobStatus.COMPLETED for j in jobs)
+    with stack.client.engine.connect() as conn:
+        items = conn.execute(select(Item.job_id, Item.finished_at, Item.embedding).where(Item.job_id.in_(jobs))).all()
+        deliveries = conn.execute(select(Chunk.deliveries).where(Chunk.job_id.in_(jobs))).scalars().all()
+    assert len(items) == 40 and deliveries == [1] * 40
+    # A batch's results are committed together, so distinct commit times count the batches.
+    assert len({row.finished_at for row in items}) <= 10
+    got = {row.job_id: np.frombuffer(row.embedding, dtype="<f4") for row in items}
+    model = SentenceTransformer(load_registry(None).get("minilm").path, device="cpu")
+    want = model.encode(texts, batch_size=1, normalize_embeddings=False)
+    np.testing.assert_allclose(np.stack([got[j] for j in jobs]), want, atol=1e-4)
 
 
 def test_topics_scores_are_softmaxed_similarities(stack: Stack) -> None:

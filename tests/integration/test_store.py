@@ -91,18 +91,40 @@ def test_poison_chunk_is_dead_lettered_after_max_attempts(client: Client) -> Non
     assert client.status(job).status is JobStatus.FAILED
 
 
-def test_queued_chunks_of_the_same_model_can_be_coalesced(client: Client) -> None:
+def test_queued_chunks_of_the_same_model_are_coalesced_most_urgent_first(client: Client) -> None:
     low = client.submit("minilm", ["a"], priority=0)
     high = client.submit("minilm", ["b"], priority=9)
     other = client.submit("minilm-topics", ["c"], params={"candidate_labels": ["x"]})
+    big = client.submit("minilm", [f"e{i}" for i in range(6)])  # chunks of 4 and 2 items
     mine = client.submit("minilm", ["d"])
     store = Store(client.settings.resolved_database_url, 3)
     assert store.claim(mine, 0) is not None
-    assert store.queued_chunks("minilm", 10, (mine, 0)) == [(high, 0), (low, 0)]
-    assert store.claim(high, 0, only_queued=True) is not None
+    taken = store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=5, worker="w@host")
+    # Most urgent first; stops once the items reach max_items (1 + 1 + 4 >= 5); never another model.
+    assert [(c.job_id, c.idx) for c in taken] == [(high, 0), (low, 0), (big, 0)]
+    assert [i for i, _ in taken[2].items] == [0, 1, 2, 3] and len({c.lease for c in taken}) == 1
     assert store.claim(high, 0, only_queued=True) is None  # taken: nobody else may coalesce it
-    assert store.queued_chunks("minilm", 10, (mine, 0)) == [(low, 0)]
-    assert other not in {j for j, _ in store.queued_chunks("minilm", 10, (mine, 0))}
+    assert store.claim(high, 0) is None  # its own message, arriving later, finds it leased
+    again = store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=100)
+    assert [(c.job_id, c.idx) for c in again] == [(big, 1)]
+    assert store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=100) == []
+    assert other not in {c.job_id for c in taken + again}
+    assert client.status(high).status is JobStatus.RUNNING
+    assert store.close_all(taken + again) == 4
+    expired = Store(client.settings.resolved_database_url, 3, lease_seconds=0)
+    assert expired.claim(high, 0) is None  # done, not merely leased
+
+
+def test_coalescing_dead_letters_a_chunk_past_its_attempts(client: Client) -> None:
+    poison = client.submit("minilm", ["p"])
+    mine = client.submit("minilm", ["d"])
+    engine = get_engine(client.settings.resolved_database_url)
+    with engine.begin() as conn:  # delivered twice already (max_attempts=2 here), never finished
+        conn.execute(update(Chunk.__table__).where(Chunk.job_id == poison).values(deliveries=2))
+    store = Store(client.settings.resolved_database_url, max_attempts=2)
+    assert store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=10) == []
+    info = client.status(poison)
+    assert (info.failed, info.status) == (1, JobStatus.FAILED)
 
 
 def test_cancelled_job_is_not_claimed(client: Client) -> None:
