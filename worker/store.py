@@ -101,13 +101,16 @@ class Store:
         dead-lettered, or ``only_queued`` and someone else already started it.
         """
         with self.engine.begin() as conn:
-            job = conn.execute(select(_jobs.c.status, _jobs.c.model, _jobs.c.params).where(
-                _jobs.c.id == job_id)).one_or_none()  # fmt: skip
-            chunk = conn.execute(select(_chunks).where(
-                _chunks.c.job_id == job_id, _chunks.c.idx == idx)).one_or_none()  # fmt: skip
-            if job is None or chunk is None or chunk.status == ChunkStatus.DONE:
+            # One read decides the common no-work case: the message of a chunk a coalescing
+            # worker already ran (every single-document job's message ends here).
+            chunk = conn.execute(
+                select(_chunks, _jobs.c.status.label("job_status"), _jobs.c.model, _jobs.c.params)
+                .join(_jobs, _jobs.c.id == _chunks.c.job_id)
+                .where(_chunks.c.job_id == job_id, _chunks.c.idx == idx)
+            ).one_or_none()  # fmt: skip
+            if chunk is None or chunk.status == ChunkStatus.DONE:
                 return None
-            if JobStatus(job.status).terminal:
+            if JobStatus(chunk.job_status).terminal:
                 self._close(conn, job_id, idx, lease=None)
                 return None
             if only_queued and chunk.status != ChunkStatus.QUEUED:
@@ -141,7 +144,7 @@ class Store:
         if chunk.deliveries + 1 > self.max_attempts:
             self.dead_letter(job_id, idx, lease, items, chunk.deliveries + 1)
             return None
-        return Claim(job_id, idx, lease, job.model, job.params or {}, items)
+        return Claim(job_id, idx, lease, chunk.model, chunk.params or {}, items)
 
     def _lease_expired(self, leased_at: Any) -> bool:
         if leased_at is None:
