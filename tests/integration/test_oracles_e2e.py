@@ -1,6 +1,6 @@
 """Every oracle case through the real stack: Redis, a `sluice worker` process, SQLite/PostgreSQL.
 
-Each family runs from the Python client and from the command line.
+Each family runs from the Python client on both databases, and from the command line.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def one_case_per_task() -> list[OracleCase]:
     return list(by_task.values())
 
 
+# The command line is the same code over either database (the client path above covers both).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("case", one_case_per_task(), ids=lambda c: c.model)
 def test_cli_matches_oracle(stack: Stack, case: OracleCase, tmp_path: Path) -> None:
     """Every task through the command line: a JSONL file in, ``sluice results`` out."""
