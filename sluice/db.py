@@ -89,6 +89,11 @@ class Chunk(Base):
     __table_args__ = (Index("ix_chunks_status", "status"),)
 
 
+#: Width of ``items.label``; the store cuts longer labels (the full value is in ``output``), because
+#: PostgreSQL would otherwise refuse the whole batch's write.
+LABEL_CHARS = 256
+
+
 class Item(Base):
     __tablename__ = "items"
 
@@ -97,7 +102,7 @@ class Item(Base):
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    label: Mapped[str | None] = mapped_column(String(256))
+    label: Mapped[str | None] = mapped_column(String(LABEL_CHARS))
     score: Mapped[float | None] = mapped_column(Float)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, and_, bindparam, case, select, text, tuple_, update
 
-from sluice.db import Chunk, Item, Job, as_utc, get_engine, utcnow
+from sluice.db import LABEL_CHARS, Chunk, Item, Job, as_utc, get_engine, utcnow
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 from worker.families.base import ItemResult
 
@@ -359,7 +359,7 @@ def _row(job_id: str, r: ItemResult, worker: str | None, now: Any) -> dict[str, 
         "b_job": job_id,
         "b_item": r.item,
         "b_status": (ItemStatus.FAILED if r.error else ItemStatus.DONE).value,
-        "b_label": r.label,
+        "b_label": None if r.label is None else r.label[:LABEL_CHARS],
         "b_score": None if r.score is None else float(r.score),  # numpy scalars: no driver adapts them
         "b_output": r.output,
         "b_embedding": embedding,

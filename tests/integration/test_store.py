@@ -79,6 +79,17 @@ def test_one_write_spans_jobs_and_outcomes_and_counts_only_pending_rows(client: 
     assert store.write_results({}, "w1") == (0, 0)
 
 
+def test_a_label_longer_than_the_column_is_cut_not_fatal_to_the_batch(client: Client) -> None:
+    """A 300-character candidate label must not make PostgreSQL refuse the batch's write."""
+    job = client.submit("minilm", ["a", "b"])
+    store = Store(client.settings.resolved_database_url, max_attempts=3)
+    long = "é" * 300
+    results = [ItemResult(item=0, label=long, score=0.5, output={"label": long}), ItemResult(item=1, label="ok")]
+    assert store.write_results({job: results}, "w1") == (2, 0)
+    rows = list(client.results(job))
+    assert rows[0]["label"] == long[:256] and rows[0]["output"] == {"label": long} and rows[1]["label"] == "ok"
+
+
 def test_poison_chunk_is_dead_lettered_after_max_attempts(client: Client) -> None:
     job = client.submit("minilm", ["a", "b"])
     store = Store(client.settings.resolved_database_url, max_attempts=2, lease_seconds=0)

@@ -28,8 +28,6 @@ from sluice.registry import ModelSpec
 from worker.families.base import Feature, ItemResult, bool_option, int_option, text_field
 from worker.families.hf import HFTextFamily
 
-# ``items.label`` is a String(256) column; the full answer is always in ``output``.
-LABEL_CHARS = 256
 # Token roles in a window's ``span_mask`` row: padding and question/special tokens are 0.
 _CONTEXT, _CLS = 1, 2
 
@@ -260,7 +258,7 @@ class QuestionAnswering(HFTextFamily):
         best = answers[0] if answers else None
         return ItemResult(
             item=item,
-            label=best["answer"][:LABEL_CHARS] if best else None,
+            label=best["answer"] if best else None,  # the store cuts it to the column; output keeps it whole
             score=best["score"] if best else None,
             output={"answers": answers},
             n_tokens=sum(window.n_tokens for window in partials),
