@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     models_file: Path | None = Field(None, description="Model registry TOML; the bundled one when unset.")
     queue: str = Field("sluice", description="Celery queue that chunk messages go to.")
 
-    chunk_size: int = Field(512, ge=1, description="Items per chunk message; bounds redelivery work.")
+    chunk_size: int = Field(
+        512, ge=1, le=10_000, description="Items per chunk message; bounds redelivery work and a coalescing claim."
+    )
     max_batch_tokens: int | None = Field(
         None,
         ge=16,

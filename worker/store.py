@@ -93,12 +93,12 @@ class Store:
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
 
-    def claim(self, job_id: str, idx: int, only_queued: bool = False, worker: str | None = None) -> Claim | None:
+    def claim(self, job_id: str, idx: int, worker: str | None = None) -> Claim | None:
         """Take the chunk; None when there is nothing to do.
 
         Nothing to do: the chunk is done, its job ended, another worker holds a fresh lease on it
         (a coalescing worker took it from the database before its message arrived), it was
-        dead-lettered, or ``only_queued`` and someone else already started it.
+        or dead-lettered.
         """
         with self.engine.begin() as conn:
             # One read decides the common no-work case: the message of a chunk a coalescing
@@ -112,8 +112,6 @@ class Store:
                 return None
             if JobStatus(chunk.job_status).terminal:
                 self._close(conn, job_id, idx, lease=None)
-                return None
-            if only_queued and chunk.status != ChunkStatus.QUEUED:
                 return None
             if chunk.status == ChunkStatus.RUNNING and not self._lease_expired(chunk.leased_at):
                 return None
@@ -155,7 +153,7 @@ class Store:
         self, model: str, exclude: tuple[str, int], max_chunks: int, max_items: int, worker: str | None = None
     ) -> list[Claim]:
         """Cross-job coalescing: take queued chunks of other active jobs for ``model``, most urgent
-        first, until ``max_items`` items are taken; one transaction, however many chunks.
+        first, that fit in ``max_items`` items; one transaction, however many chunks.
 
         The chunks share one lease. Only chunks still queued move, so a chunk another worker takes
         meanwhile is skipped, never shared; a chunk past ``max_attempts`` is dead-lettered instead.
@@ -221,12 +219,15 @@ class Store:
         chosen: list[tuple[str, int]] = []
         items = 0
         for r in conn.execute(query):
-            if (r.job_id, r.idx) == exclude:
+            size = r.stop - r.start
+            # First fit: a chunk that would overflow the window is left to its own message, which
+            # also bounds the (job, item) pairs the claim binds to about one chunk's worth.
+            if (r.job_id, r.idx) == exclude or items + size > max_items:
                 continue
+            chosen.append((r.job_id, r.idx))
+            items += size
             if items >= max_items or len(chosen) >= max_chunks:
                 break
-            chosen.append((r.job_id, r.idx))
-            items += r.stop - r.start
         return chosen
 
     def dead_letter(self, job_id: str, idx: int, lease: str, items: list[tuple[int, Any]], n: int) -> None:

@@ -111,13 +111,13 @@ def test_queued_chunks_of_the_same_model_are_coalesced_most_urgent_first(client:
     store = Store(client.settings.resolved_database_url, 3)
     assert store.claim(mine, 0) is not None
     taken = store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=5, worker="w@host")
-    # Most urgent first; stops once the items reach max_items (1 + 1 + 4 >= 5); never another model.
-    assert [(c.job_id, c.idx) for c in taken] == [(high, 0), (low, 0), (big, 0)]
-    assert [i for i, _ in taken[2].items] == [0, 1, 2, 3] and len({c.lease for c in taken}) == 1
-    assert store.claim(high, 0, only_queued=True) is None  # taken: nobody else may coalesce it
+    # Most urgent first, first fit: big's 4-item chunk 0 would overflow 5 items, its chunk 1 fits.
+    assert [(c.job_id, c.idx) for c in taken] == [(high, 0), (low, 0), (big, 1)]
+    assert [i for i, _ in taken[2].items] == [4, 5] and len({c.lease for c in taken}) == 1
     assert store.claim(high, 0) is None  # its own message, arriving later, finds it leased
+    assert store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=3) == []  # nothing left fits
     again = store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=100)
-    assert [(c.job_id, c.idx) for c in again] == [(big, 1)]
+    assert [(c.job_id, c.idx) for c in again] == [(big, 0)]
     assert store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=100) == []
     assert other not in {c.job_id for c in taken + again}
     assert client.status(high).status is JobStatus.RUNNING
