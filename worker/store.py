@@ -162,7 +162,8 @@ class Store:
             return []
         lease, now = str(uuid.uuid4()), utcnow()
         with self.engine.begin() as conn:
-            chosen = self._coalescing_candidates(conn, model, exclude, max_chunks, max_items)
+            params = self._coalescing_candidates(conn, model, exclude, max_chunks, max_items)
+            chosen = list(params)
             if not chosen:
                 return []
             in_chosen = tuple_(_chunks.c.job_id, _chunks.c.idx).in_(chosen)
@@ -182,8 +183,6 @@ class Store:
                 update(_jobs).where(_jobs.c.id.in_(jobs), _jobs.c.status == JobStatus.QUEUED.value)
                 .values(status=JobStatus.RUNNING.value, started_at=now)
             )  # fmt: skip
-            params = {r.id: r.params or {} for r in conn.execute(select(_jobs.c.id, _jobs.c.params).where(
-                _jobs.c.id.in_(jobs)))}  # fmt: skip
             keys = [(r.job_id, i) for r in taken for i in range(r.start, r.stop)]
             pending = and_(
                 tuple_(_items.c.job_id, _items.c.item).in_(keys), _items.c.status == ItemStatus.PENDING.value
@@ -200,23 +199,24 @@ class Store:
             if r.deliveries > self.max_attempts:
                 self.dead_letter(r.job_id, r.idx, lease, items, r.deliveries)
             else:
-                claims.append(Claim(r.job_id, r.idx, lease, model, params[r.job_id], items))
+                claims.append(Claim(r.job_id, r.idx, lease, model, params[r.job_id, r.idx], items))
         return claims
 
     @staticmethod
     def _coalescing_candidates(
         conn: Connection, model: str, exclude: tuple[str, int], max_chunks: int, max_items: int
-    ) -> list[tuple[str, int]]:
-        """Queued chunks of active jobs for ``model``, most urgent first, up to the limits."""
+    ) -> dict[tuple[str, int], dict[str, Any]]:
+        """Queued chunks of active jobs for ``model``, most urgent first, up to the limits, with
+        their jobs' params (read here, from the join the choice needs anyway)."""
         query = (
-            select(_chunks.c.job_id, _chunks.c.idx, _chunks.c.start, _chunks.c.stop)
+            select(_chunks.c.job_id, _chunks.c.idx, _chunks.c.start, _chunks.c.stop, _jobs.c.params)
             .join(_jobs, _jobs.c.id == _chunks.c.job_id)
             .where(_chunks.c.status == ChunkStatus.QUEUED.value, _jobs.c.model == model,
                    _jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
             .order_by(_jobs.c.priority.desc(), _jobs.c.created_at, _chunks.c.idx)
             .limit(max_chunks + 1)
         )  # fmt: skip
-        chosen: list[tuple[str, int]] = []
+        chosen: dict[tuple[str, int], dict[str, Any]] = {}
         items = 0
         for r in conn.execute(query):
             size = r.stop - r.start
@@ -224,7 +224,7 @@ class Store:
             # also bounds the (job, item) pairs the claim binds to about one chunk's worth.
             if (r.job_id, r.idx) == exclude or items + size > max_items:
                 continue
-            chosen.append((r.job_id, r.idx))
+            chosen[r.job_id, r.idx] = r.params or {}
             items += size
             if items >= max_items or len(chosen) >= max_chunks:
                 break
