@@ -1,6 +1,9 @@
 """``python -m bench.engine_tuning grid|pipeline``: the Engine in-process (no Redis), bundled MiniLM.
 
-``grid``: docs/s over ``max_batch_tokens`` x ``max_batch_size``, compute only.
+``compile``: the bundled MiniLM eager against the same model with ``compile = true``: seconds
+to compile, largest embedding difference, docs/s compute only.
+``grid``: docs/s over ``max_batch_tokens`` x ``max_batch_size`` x chunk size (the sorting
+window), compute only.
 ``pipeline``: docs/s with every batch's results committed to a database, serially (the old loop:
 forward, write, cancellation check, one after the other) against writes on the writer thread
 during the next forward; also the seconds spent outside forward passes.
@@ -13,6 +16,7 @@ machine is shared.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import statistics
@@ -37,8 +41,8 @@ from worker.writer import ResultWriter
 DEFAULTS = Settings()  # batch settings as configured (SLUICE_MAX_BATCH_TOKENS, SLUICE_MAX_BATCH_SIZE)
 
 
-def load_minilm() -> TaskFamily:
-    spec = load_registry(BUNDLED_REGISTRY).get("minilm")
+def load_minilm(compiled: bool = False) -> TaskFamily:
+    spec = dataclasses.replace(load_registry(BUNDLED_REGISTRY).get("minilm"), compile=compiled)
     family = family_for(spec.task)(spec, "cpu")
     family.setup()
     return family
@@ -113,11 +117,30 @@ def interleaved(runs: int, configs: dict[str, Callable[[], tuple[float, float]]]
               f"runs {' '.join(f'{r:.1f}' for r in rates)}", flush=True)  # fmt: skip
 
 
+def compare_compiled(eager: TaskFamily, docs: list[str], args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    compiled = load_minilm(compiled=True)
+    print(f"load + compile: {time.perf_counter() - start:.1f}s")
+    sample = [(i, {"text": d}) for i, d in enumerate(docs[:256])]
+    outputs = [
+        {r.item: r.embedding for results, _ in Engine(f, 1024, 128).run(sample) for r in results}
+        for f in (eager, compiled)
+    ]
+    diff = max(float(abs(outputs[0][i] - outputs[1][i]).max()) for i in outputs[0])
+    print(f"largest embedding difference over {len(sample)} documents: {diff:.2e}")
+    tokens, size = DEFAULTS.batch_tokens("cpu"), DEFAULTS.max_batch_size
+    configs = {
+        name: (lambda f=f: compute_only(f, docs, args.chunk[0], tokens, size))
+        for name, f in (("eager", eager), ("compile = true", compiled))
+    }
+    interleaved(args.runs, configs, len(docs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["grid", "pipeline"])
+    parser.add_argument("mode", choices=["grid", "pipeline", "compile"])
     parser.add_argument("--docs", type=int, default=1000)
-    parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--chunk", type=int, nargs="+", default=[DEFAULTS.chunk_size])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 8192, 16384])
@@ -128,12 +151,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     docs = stdlib_documents(limit=args.docs)
     family = load_minilm()
-    compute_only(family, docs[:64], args.chunk, 8192, 64)  # warm-up
+    compute_only(family, docs[:64], 64, 8192, 64)  # warm-up
     print(f"{len(docs)} documents, chunks of {args.chunk}, {args.threads} torch threads, {args.runs} runs")
+    if args.mode == "compile":
+        compare_compiled(family, docs, args)
+        return
     if args.mode == "grid":
         configs = {
-            f"tokens {t:5} size {s:3}": (lambda t=t, s=s: compute_only(family, docs, args.chunk, t, s))
-            for t, s in itertools.product(args.tokens, args.sizes)
+            f"tokens {t:5} size {s:3} chunk {c:5}": (lambda t=t, s=s, c=c: compute_only(family, docs, c, t, s))
+            for t, s, c in itertools.product(args.tokens, args.sizes, args.chunk)
         }
         interleaved(args.runs, configs, len(docs))
         return
@@ -143,7 +169,7 @@ def main() -> None:
         for backend in args.backends:
             for label, writer in [("serial", False), ("writer thread", True)]:
                 configs[f"{backend} {label}"] = lambda u=urls[backend], w=writer: with_writes(
-                    family, clock, docs, args.chunk, u, w
+                    family, clock, docs, args.chunk[0], u, w
                 )
         interleaved(args.runs, configs, len(docs))
 

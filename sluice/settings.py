@@ -16,6 +16,13 @@ from sluice.sizes import parse_size
 CPU_BATCH_TOKENS = 1024
 GPU_BATCH_TOKENS = 16384
 
+#: Default items per chunk, which is also the window a worker length-sorts. On the 4000-document
+#: benchmark corpus, padding efficiency at a 1024-token budget is 0.944 with 512-item windows,
+#: 0.970 with 1024 and 0.984 with 2048; in-process MiniLM, 1024 ran ~5% faster than 512 and
+#: level with 2048. Larger chunks would spread a job over fewer workers and make a worker
+#: slower to switch to more urgent work, so 1024.
+CHUNK_SIZE = 1024
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLUICE_", env_file=None, extra="ignore")
@@ -27,7 +34,10 @@ class Settings(BaseSettings):
     queue: str = Field("sluice", description="Celery queue that chunk messages go to.")
 
     chunk_size: int = Field(
-        512, ge=1, le=10_000, description="Items per chunk message; bounds redelivery work and a coalescing claim."
+        CHUNK_SIZE,
+        ge=1,
+        le=10_000,
+        description="Items per chunk message: the sorting window; bounds redelivery work and a coalescing claim.",
     )
     max_batch_tokens: int | None = Field(
         None,
