@@ -25,7 +25,7 @@ import torch
 from sqlalchemy import func, select
 
 from bench import baselines as bl
-from bench.stack import databases, find_broker, naive_worker, run_naive, sluice_worker
+from bench.stack import databases, find_broker, naive_worker, run_naive, sluice_worker, token_totals
 from producer.client import Client
 from sluice.corpus import stdlib_documents
 from sluice.db import Item, Job
@@ -126,19 +126,18 @@ def measure_model(name: str, kind: str, path: str, docs: list[str], args: argpar
         with sluice_worker(settings, [name], args.threads) as client:
             sluice_bulk(client, name, docs[:64])  # warm-up
             singles = docs[: args.single_jobs]
-            add_sluice(add, rows, f"Sluice end to end ({db})", docs, lambda d: sluice_bulk(client, name, d))
-            one_job = add_sluice(add, rows, f"Sluice one {len(singles)}-document job ({db})", singles,
-                                 lambda d: sluice_bulk(client, name, d))  # fmt: skip
-            many = add_sluice(add, rows, f"Sluice {len(singles)} single-document jobs ({db})", singles,
-                              lambda d: sluice_single_jobs(client, name, d))  # fmt: skip
+            add_sluice(add, rows, f"Sluice end to end ({db})", docs, client, name, sluice_bulk)
+            one_job = add_sluice(add, rows, f"Sluice one {len(singles)}-document job ({db})", singles, client, name,
+                                 sluice_bulk)  # fmt: skip
+            many = add_sluice(add, rows, f"Sluice {len(singles)} single-document jobs ({db})", singles, client, name,
+                              sluice_single_jobs)  # fmt: skip
             rows[-1] = (*rows[-1][:4], f"{rows[-1][4]}; {many / one_job:.2f}x the one-job rate")
     if args.compiled:
         compiled = f"{name}-compiled"
         settings = env["settings"].model_copy(update={"database_url": env["dbs"]["sqlite"]})
         with sluice_worker(settings, [compiled], args.threads) as client:
             sluice_bulk(client, compiled, docs[:64])  # warm-up (the graphs were compiled at load)
-            add_sluice(add, rows, "Sluice end to end, compile = true (sqlite)", docs,
-                       lambda d: sluice_bulk(client, compiled, d))  # fmt: skip
+            add_sluice(add, rows, "Sluice end to end, compile = true (sqlite)", docs, client, compiled, sluice_bulk)
     lengths = [len(x) for x in tok(docs, truncation=True, max_length=256)["input_ids"]]
     floor = len(docs) / (bl.encoder_flops(model.config, lengths) / env["flops"])
     rows.append(("compute floor (FLOPs / measured matmul FLOP/s)", len(docs), floor, [floor], ""))
@@ -146,19 +145,26 @@ def measure_model(name: str, kind: str, path: str, docs: list[str], args: argpar
 
 
 def add_sluice(
-    add: Callable[..., None], rows: list[tuple], label: str, docs: list[str],
-    run: Callable[[list[str]], tuple[float, float]],
+    add: Callable[..., None], rows: list[tuple], label: str, docs: list[str], client: Client, model: str,
+    run: Callable[[Client, str, list[str]], tuple[float, float]],
 ) -> float:  # fmt: skip
-    """One Sluice row, noting the median share of time outside forward passes; returns its docs/s."""
+    """One Sluice row, noting the median share of time outside forward passes and the padding
+    efficiency of its forward passes (from the worker's token totals); returns its docs/s."""
     outside: list[float] = []
+    real, padded = 0, 0
 
     def timed() -> float:
-        elapsed, share = run(docs)
+        nonlocal real, padded
+        before = token_totals(client, model)
+        elapsed, share = run(client, model, docs)
+        after = token_totals(client, model)
         outside.append(share)
+        real, padded = real + after[0] - before[0], padded + after[1] - before[1]
         return elapsed
 
     add(label, len(docs), timed)
-    rows[-1] = (*rows[-1][:4], f"outside forward: {100 * statistics.median(outside):.1f}%")
+    efficiency = f"; padding efficiency {real / padded:.3f}" if padded else ""
+    rows[-1] = (*rows[-1][:4], f"outside forward: {100 * statistics.median(outside):.1f}%{efficiency}")
     return float(rows[-1][2])
 
 

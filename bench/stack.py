@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import redis
@@ -18,11 +19,14 @@ from producer.client import Client
 from sluice import migrate
 from sluice.broker import start_embedded
 from sluice.celery_app import create_app
+from sluice.db import utcnow
 from sluice.process import start_worker, stop_worker, wait_for_worker
 from sluice.settings import Settings
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+#: The bench worker rewrites its row this often, so that its token totals can be read right after a run.
+HEARTBEAT_S = 1.0
 
 
 def find_broker(var: Path) -> str:
@@ -57,6 +61,7 @@ def sluice_worker(settings: Settings, models: list[str], threads: int) -> Iterat
         "SLUICE_MODELS_FILE": str(settings.models_file), "SLUICE_QUEUE": settings.queue,
         "SLUICE_TORCH_THREADS": str(threads), "SLUICE_MAX_BATCH_TOKENS": str(settings.batch_tokens("cpu")),
         "SLUICE_CHUNK_SIZE": str(settings.chunk_size), "SLUICE_VAR_DIR": str(settings.var_dir),
+        "SLUICE_HEARTBEAT_SECONDS": str(HEARTBEAT_S),
     }  # fmt: skip
     host = f"bench-{uuid.uuid4().hex[:6]}@localhost"
     proc = start_worker(env, models, settings.var_dir / "bench-worker.log", hostname=host)
@@ -65,6 +70,19 @@ def sluice_worker(settings: Settings, models: list[str], threads: int) -> Iterat
         yield Client(settings)
     finally:
         stop_worker(proc)
+
+
+def token_totals(client: Client, model: str) -> tuple[int, int]:
+    """(real, padded) tokens of ``model``'s forward passes so far, over the live workers, as their
+    rows report them once every row has been rewritten after this call."""
+    since = utcnow() + timedelta(seconds=0.2)  # the run's last batch is recorded just after its commit
+    deadline = time.monotonic() + 10 * HEARTBEAT_S
+    rows = client.workers()
+    while any(r.heartbeat_at < since for r in rows) and time.monotonic() < deadline:
+        time.sleep(HEARTBEAT_S / 5)
+        rows = client.workers()
+    models = [m for r in rows for m in r.models if m["model"] == model]
+    return sum(m.get("real_tokens", 0) for m in models), sum(m.get("padded_tokens", 0) for m in models)
 
 
 @contextmanager

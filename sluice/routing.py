@@ -131,6 +131,10 @@ def describe_worker(w: WorkerRow) -> str:
         pinned = ", pinned" if m.get("pinned") else ""
         lines.append(f"  model {m['model']} ({m.get('task')}, {m.get('dtype')}, {format_size(m.get('bytes'))}"
                      f"{pinned}), last used {_ago(m.get('last_used'))}")  # fmt: skip
+        if m.get("padded_tokens"):
+            efficiency = m["real_tokens"] / m["padded_tokens"]
+            lines.append(f"    {m['features']} inputs in {m['forward_s']:.1f}s of forward passes, "
+                         f"padding efficiency {efficiency:.3f} (real / padded tokens)")  # fmt: skip
     if not w.models:
         lines.append("  no models resident")
     for e in w.evictions[-3:]:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 from sluice.db import utcnow
 from sluice.registry import ModelSpec, Registry
 from sluice.sizes import format_size
+from worker.engine import BatchStats
 from worker.families import family_for
 from worker.families.base import TaskFamily
 
@@ -107,6 +108,8 @@ class Resident:
     loaded_at: datetime
     last_used: datetime
     used_tick: float
+    #: what this model's forward passes did since it was loaded (features, real/padded tokens, seconds)
+    work: BatchStats = field(default_factory=BatchStats)
 
     def candidate(self) -> Candidate:
         return Candidate(self.name, self.bytes, self.used_tick, self.pinned)
@@ -218,6 +221,13 @@ class ModelPool:
         if self.on_change is not None:
             self.on_change()
 
+    def record(self, name: str, stats: BatchStats) -> None:
+        """Add a run's batch statistics to the model's totals (reported as padding efficiency)."""
+        with self._lock:
+            resident = self._residents.get(name)
+            if resident is not None:
+                resident.work.add(stats)
+
     def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """JSON-ready resident models and recent evictions, for the workers row."""
         with self._lock:
@@ -225,7 +235,9 @@ class ModelPool:
             evictions = list(self._evictions)
         models = [
             {"model": r.name, "task": r.task, "device": self.device, "dtype": r.dtype, "bytes": r.bytes,
-             "loaded_at": r.loaded_at.isoformat(), "last_used": r.last_used.isoformat(), "pinned": r.pinned}
+             "loaded_at": r.loaded_at.isoformat(), "last_used": r.last_used.isoformat(), "pinned": r.pinned,
+             "features": r.work.features, "real_tokens": r.work.real_tokens, "padded_tokens": r.work.padded_tokens,
+             "forward_s": round(r.work.forward_s, 3)}
             for r in residents
         ]  # fmt: skip
         return models, evictions

@@ -132,4 +132,5 @@ class WorkerRuntime:
                 if writer.cancelled:
                     break
         report.written, report.failed = writer.written, writer.failed
+        self.pool.record(claims[0].model, report.stats)  # type: ignore[arg-type]
         return report

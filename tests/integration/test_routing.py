@@ -187,6 +187,9 @@ def test_budget_evicts_least_recently_used_model(fleet: Fleet) -> None:
     # A clean stop marks the row: routing drops it at once, `--all` still shows it.
     stop_worker(fleet.procs["lru"])
     assert fleet.row("lru").status is WorkerStatus.STOPPED and not fleet.row("lru").live
+    # The last report totals the forward passes of the model since its (re)load: the last 16 items.
+    (model,) = fleet.row("lru").models
+    assert model["features"] == 16 and 0 < model["real_tokens"] <= model["padded_tokens"]
     assert fleet.hosts["lru"] not in sluice(fleet.env, "workers")
     assert f"{fleet.hosts['lru']}  stopped" in sluice(fleet.env, "workers", "--all")
     check = subprocess.run([sys.executable, "-m", "sluice.cli", "workers", "--check", fleet.hosts["lru"]],

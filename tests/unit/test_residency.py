@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -175,3 +176,19 @@ def test_waiting_reasons() -> None:
     stranded = waiting_reason("m2", {"q.m2"}, [worker("b@h", ["q"])], "q")
     assert stranded is not None and "`sluice reconcile` re-routes them to q" in stranded
     assert waiting_reason("m2", {None}, [worker("b@h", ["q"])], "q").endswith("`sluice reconcile` sends them")  # type: ignore[union-attr]
+
+
+def test_forward_work_is_totalled_per_model_and_printed_as_padding_efficiency() -> None:
+    from sluice.routing import describe_worker
+    from worker.engine import BatchStats
+
+    pool, _ = fake_pool({"a": 100}, budget=None)
+    pool.get("a")
+    pool.record("a", BatchStats(features=3, real_tokens=90, padded_tokens=100, forward_s=0.5))
+    pool.record("a", BatchStats(features=1, real_tokens=10, padded_tokens=25, forward_s=0.25))
+    pool.record("gone", BatchStats(features=1, real_tokens=1, padded_tokens=1))  # evicted meanwhile: ignored
+    (model,), _ = pool.snapshot()
+    assert (model["features"], model["real_tokens"], model["padded_tokens"], model["forward_s"]) == (4, 100, 125, 0.75)
+    row = worker("w@h", ["sluice"], live=True)
+    text = describe_worker(replace(row, models=(model,)))
+    assert "4 inputs in 0.8s of forward passes, padding efficiency 0.800 (real / padded tokens)" in text
