@@ -4,8 +4,7 @@ Per model (the bundled MiniLM for embeddings; a DistilBERT-sized classifier buil
 with random weights), in one run with the same thread count: a per-document loop, ``pipeline``
 with batch_size 32, sentence-transformers ``encode`` (embeddings), a naive one-task-per-document
 Celery worker, and Sluice end to end (submit to last commit) on SQLite and PostgreSQL, plus 1,000
-single-document jobs, and the bulk job once more with the registry's ``compile = true`` (SQLite).
-Prints ratios to Sluice and the compute floor; writes a Markdown table to
+single-document jobs. Prints ratios to Sluice and the compute floor; writes a Markdown table to
 ``bench/results/``.
 """
 
@@ -51,11 +50,9 @@ def build_classifier(path: Path, tokenizer_path: str) -> str:
 
 
 def registry_text(classifier: str) -> str:
-    """The bundled registry plus the classifier, and a ``<name>-compiled`` twin (``compile = true``) of each."""
+    """The bundled registry plus the classifier."""
     tables = tomllib.loads(BUNDLED_REGISTRY.read_text())["models"]
     tables["classifier"] = {"task": "text-classification", "path": classifier, "max_length": 256}
-    for name in ("minilm", "classifier"):
-        tables[f"{name}-compiled"] = {**tables[name], "compile": True}
     return "\n".join(
         f"[models.{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in table.items())
         for name, table in tables.items()
@@ -132,12 +129,6 @@ def measure_model(name: str, kind: str, path: str, docs: list[str], args: argpar
             many = add_sluice(add, rows, f"Sluice {len(singles)} single-document jobs ({db})", singles, client, name,
                               sluice_single_jobs)  # fmt: skip
             rows[-1] = (*rows[-1][:4], f"{rows[-1][4]}; {many / one_job:.2f}x the one-job rate")
-    if args.compiled:
-        compiled = f"{name}-compiled"
-        settings = env["settings"].model_copy(update={"database_url": env["dbs"]["sqlite"]})
-        with sluice_worker(settings, [compiled], args.threads) as client:
-            sluice_bulk(client, compiled, docs[:64])  # warm-up (the graphs were compiled at load)
-            add_sluice(add, rows, "Sluice end to end, compile = true (sqlite)", docs, client, compiled, sluice_bulk)
     lengths = [len(x) for x in tok(docs, truncation=True, max_length=256)["input_ids"]]
     floor = len(docs) / (bl.encoder_flops(model.config, lengths) / env["flops"])
     rows.append(("compute floor (FLOPs / measured matmul FLOP/s)", len(docs), floor, [floor], ""))
@@ -192,7 +183,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="minilm,classifier")
-    parser.add_argument("--no-compiled", dest="compiled", action="store_false", help="skip the compile = true row")
     args = parser.parse_args()
     quick = args.quick
     args.docs = args.docs or (600 if quick else 4000)

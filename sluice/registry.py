@@ -26,9 +26,7 @@ from sluice.errors import ConfigError, UnknownModelError
 BUNDLED_REGISTRY = Path(__file__).with_name("models.toml")
 
 Dtype = Literal["float32", "float16", "bfloat16"]
-_KNOWN_KEYS = {
-    "task", "path", "max_length", "dtype", "pooling", "normalize", "labels", "trust_remote_code", "compile"
-}  # fmt: skip
+_KNOWN_KEYS = {"task", "path", "max_length", "dtype", "pooling", "normalize", "labels", "trust_remote_code"}
 
 
 @dataclass(frozen=True)
@@ -44,8 +42,6 @@ class ModelSpec:
     normalize: bool = False
     labels: tuple[str, ...] | None = None
     trust_remote_code: bool = False
-    #: ``torch.compile`` the model at load (text encoder tasks only): slower start, faster passes
-    compile: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
 

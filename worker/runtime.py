@@ -107,7 +107,8 @@ class WorkerRuntime:
         Batch k's results are written on the writer thread while batch k+1's forward runs; the
         writer also checks for cancellation after each write, so a cancel stops work one batch later.
         """
-        report = ChunkReport(stats=BatchStats())
+        totals = BatchStats()
+        report = ChunkReport(stats=totals)
         family = self.pool.get(claims[0].model)
         s = self.settings
         tokens = s.batch_tokens(self.device)
@@ -128,9 +129,9 @@ class WorkerRuntime:
                     job_id, r.item = keys[r.item]
                     by_job.setdefault(job_id, []).append(r)
                 writer.put(by_job)
-                report.stats.add(stats)  # type: ignore[union-attr]
+                totals.add(stats)
                 if writer.cancelled:
                     break
         report.written, report.failed = writer.written, writer.failed
-        self.pool.record(claims[0].model, report.stats)  # type: ignore[arg-type]
+        self.pool.record(claims[0].model, totals)
         return report

@@ -49,7 +49,4 @@ CASES = [
                lambda: _texts(80), _pipeline_rows, check),
     OracleCase("tiny-pairs", "text-classification", lambda p: build_text_classifier(p, ("no", "yes"), seed=2),
                _pairs, _pipeline_rows, check),
-    # compile = true: the same scores from the compiled graphs (batch of one and padded batches).
-    OracleCase("tiny-clf-compiled", "text-classification", lambda p: build_text_classifier(p, seed=4),
-               lambda: _texts(60), _pipeline_rows, check, registry={"compile": True}),
 ]  # fmt: skip

@@ -27,9 +27,7 @@ def run_engine(spec: ModelSpec, inputs: list[dict[str, Any]], params: dict[str, 
     return rows
 
 
-# A compile = true case runs through the worker only (test_oracles_e2e): compiling it here too
-# would add half a minute for what the same engine code already shows.
-@pytest.mark.parametrize("case", [c for c in all_cases() if not c.registry.get("compile")], ids=lambda c: c.model)
+@pytest.mark.parametrize("case", all_cases(), ids=lambda c: c.model)
 def test_engine_matches_oracle(case: OracleCase, tmp_path: Path) -> None:
     path = case.build(tmp_path / case.model)
     # Through a registry file, as the worker reads it: task-specific keys (a stride) land in options.

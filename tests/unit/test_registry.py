@@ -43,23 +43,3 @@ def test_bad_registry_says_what_to_fix(tmp_path: Path, body: str, message: str) 
     (tmp_path / "models.toml").write_text(body)
     with pytest.raises(ConfigError, match=message):
         Registry.load(tmp_path / "models.toml")
-
-
-def test_compile_is_read_and_refused_where_it_does_not_apply(tmp_path: Path) -> None:
-    from worker.families import family_for
-
-    (tmp_path / "models.toml").write_text(
-        '[models.enc]\ntask = "feature-extraction"\npath = "x"\ncompile = true\n'
-        '[models.gen]\ntask = "text-generation"\npath = "x"\ncompile = true\n'
-        '[models.img]\ntask = "image-classification"\npath = "x"\ncompile = true\n'
-    )
-    registry = Registry.load(tmp_path / "models.toml")
-    enc = registry.get("enc")
-    assert enc.compile and not Registry.load().get("minilm").compile
-    family_for(enc.task).check_spec(enc)
-    for name in ("gen", "img"):
-        spec = registry.get(name)
-        with pytest.raises(ConfigError, match=rf"'{name}': `compile = true` applies to text encoder tasks"):
-            family_for(spec.task).check_spec(spec)
-        with pytest.raises(ConfigError, match="remove it from the entry"):
-            family_for(spec.task)(spec, "cpu")  # a worker refuses it at load as well

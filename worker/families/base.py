@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sluice.errors import ConfigError, ValidationError
+from sluice.errors import ValidationError
 from sluice.registry import ModelSpec
 
 
@@ -80,22 +80,10 @@ class TaskFamily(ABC):
     task: ClassVar[str]
     #: fields of an item (after job params are merged in) that hold text to bound by size
     text_fields: ClassVar[tuple[str, ...]] = ("text",)
-    #: whether the registry's ``compile = true`` applies: one forward call per batch, no generate loop
-    compilable: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
-        self.check_spec(spec)
         self.spec = spec
         self.device = device
-
-    @classmethod
-    def check_spec(cls, spec: ModelSpec) -> None:
-        """Refuse registry options this family cannot honour; checked at submit and at load."""
-        if spec.compile and not cls.compilable:
-            raise ConfigError(
-                f"registry model {spec.name!r}: `compile = true` applies to text encoder tasks, not {spec.task!r}; "
-                "remove it from the entry"
-            )
 
     # submit time -------------------------------------------------------------------------
     @classmethod

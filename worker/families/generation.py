@@ -209,10 +209,6 @@ def sampling_warpers(config: dict[str, Any], device: Any) -> list[Any]:
 class GenerationFamily(HFTextFamily):
     """Tokenise, pad, ``generate`` per option group, decode; subclasses say how inputs are built."""
 
-    # generate() calls the model once per new token with a growing cache: compiling it is a
-    # different problem (static caches) from compiling one encoder pass.
-    compilable = False
-
     #: item fields / job params this family accepts
     options: ClassVar[tuple[str, ...]]
     #: ``max_new_tokens`` when neither it nor ``max_length`` is given; None leaves the model's own

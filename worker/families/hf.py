@@ -37,7 +37,6 @@ class HFTextFamily(TaskFamily):
     """A family whose items are text (``text`` and optionally ``text_pair``) fed to one model."""
 
     auto_class: ClassVar[str] = "AutoModel"
-    compilable: ClassVar[bool] = True
 
     tokenizer: Any
     model: Any
@@ -52,26 +51,6 @@ class HFTextFamily(TaskFamily):
         self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path, trust_remote_code=remote)
         self.model = load_model(self.spec, self.auto_class, self.device)
         self.max_length = self._resolve_max_length()
-        if self.spec.compile:
-            self._compile()
-
-    def _compile(self) -> None:
-        """``torch.compile`` with dynamic shapes, then build its graphs before the first claim.
-
-        Dynamo specialises a batch of one, so there are two graphs: one item, and a padded batch of
-        several. Both are compiled here, so that no chunk waits half a minute on a compilation.
-        """
-        import torch
-
-        self.model = torch.compile(self.model, dynamic=True)
-        for texts in (["warm-up"], ["warm-up", "a longer warm-up text, so that the batch is padded"]):
-            enc = self.encode(texts)
-            features = [
-                Feature(item=i, ids={name: values[i] for name, values in enc.items()}, length=len(enc["input_ids"][i]))
-                for i in range(len(texts))
-            ]
-            with torch.inference_mode():
-                self.model(**self.model_inputs(self.collate(features)))
 
     def _resolve_max_length(self) -> int:
         limits = [self.spec.max_length, getattr(self.model.config, "max_position_embeddings", None)]
