@@ -32,7 +32,7 @@ from bench.store_writes import new_job, scratch_databases
 from sluice.corpus import stdlib_documents
 from sluice.registry import BUNDLED_REGISTRY, load_registry
 from sluice.settings import Settings
-from worker.engine import Engine
+from worker.engine import BatchStats, Engine
 from worker.families import family_for
 from worker.families.base import TaskFamily
 from worker.store import Store
@@ -69,11 +69,15 @@ class ForwardClock:
             self.seconds += time.perf_counter() - start
 
 
-def compute_only(family: TaskFamily, docs: list[str], chunk: int, tokens: int, size: int) -> tuple[float, float]:
+def compute_only(
+    family: TaskFamily, docs: list[str], chunk: int, tokens: int, size: int, totals: BatchStats | None = None
+) -> tuple[float, float]:
+    """(seconds, 0.0) to run ``docs`` in chunks; the batches' statistics are added to ``totals``."""
     start = time.perf_counter()
     for part in chunks(docs, chunk):
-        for _ in Engine(family, tokens, size).run(part):
-            pass
+        for _, stats in Engine(family, tokens, size).run(part):
+            if totals is not None:
+                totals.add(stats)
     return time.perf_counter() - start, 0.0
 
 
@@ -160,11 +164,17 @@ def main() -> None:
         compare_compiled(family, docs, args)
         return
     if args.mode == "grid":
+        grid = list(itertools.product(args.tokens, args.sizes, args.chunk))
+        totals = {key: BatchStats() for key in grid}
         configs = {
-            f"tokens {t:5} size {s:3} chunk {c:5}": (lambda t=t, s=s, c=c: compute_only(family, docs, c, t, s))
-            for t, s, c in itertools.product(args.tokens, args.sizes, args.chunk)
+            f"tokens {t:5} size {s:3} chunk {c:5}": (
+                lambda t=t, s=s, c=c: compute_only(family, docs, c, t, s, totals[(t, s, c)])
+            )
+            for t, s, c in grid
         }
         interleaved(args.runs, configs, len(docs))
+        for (t, s, c), stats in totals.items():  # the same batches every run
+            print(f"tokens {t:5} size {s:3} chunk {c:5}  padding efficiency {stats.padding_efficiency:.3f}")
         return
     with tempfile.TemporaryDirectory() as tmp, scratch_databases(Path(tmp)) as urls:
         clock = ForwardClock(family)
