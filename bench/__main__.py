@@ -11,10 +11,8 @@ single-document jobs. Prints ratios to Sluice and the compute floor; writes a Ma
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -47,16 +45,6 @@ def build_classifier(path: Path, tokenizer_path: str) -> str:
         model.save_pretrained(path)
         AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(path)
     return str(path)
-
-
-def registry_text(classifier: str) -> str:
-    """The bundled registry plus the classifier."""
-    tables = tomllib.loads(BUNDLED_REGISTRY.read_text())["models"]
-    tables["classifier"] = {"task": "text-classification", "path": classifier, "max_length": 256}
-    return "\n".join(
-        f"[models.{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in table.items())
-        for name, table in tables.items()
-    )
 
 
 def median_rate(n_docs: int, runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
@@ -197,7 +185,10 @@ def main() -> None:
     minilm = load_registry(None).get("minilm").path
     clf = build_classifier(var / "distilbert-clf", minilm)
     registry = var / "models.toml"
-    registry.write_text(registry_text(clf))
+    registry.write_text(
+        BUNDLED_REGISTRY.read_text()
+        + f'\n[models.classifier]\ntask = "text-classification"\npath = "{clf}"\nmax_length = 256\n'
+    )
     broker = find_broker(var)
     env = {"broker": broker, "dbs": databases(var), "var": var, "flops": bl.matmul_flops()}
     env["settings"] = Settings(broker_url=broker, models_file=registry, var_dir=var, queue="sluice-bench")
