@@ -20,8 +20,8 @@ GPU_BATCH_TOKENS = 16384
 #: benchmark corpus, padding efficiency at a 1024-token budget is 0.944 with 512-item windows,
 #: 0.970 with 1024 and 0.984 with 2048 (`python -m bench.engine_tuning grid --docs 4000 --tokens
 #: 1024 --sizes 128 --chunk 512 1024 2048`); in-process MiniLM, 1024 ran ~5% faster than 512 and
-#: level with 2048, within this machine's noise. Larger chunks would spread a job over fewer workers and make a worker
-#: slower to switch to more urgent work, so 1024.
+#: level with 2048, within this machine's noise. Larger chunks would spread a job over fewer
+#: workers and make a worker slower to switch to more urgent work, so 1024.
 CHUNK_SIZE = 1024
 
 

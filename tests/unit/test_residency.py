@@ -11,9 +11,10 @@ import torch
 
 from sluice.db import utcnow
 from sluice.registry import ModelSpec, Registry
-from sluice.routing import WorkerRow, model_queue, route, waiting_reason, worker_queues
+from sluice.routing import WorkerRow, describe_worker, model_queue, route, waiting_reason, worker_queues
 from sluice.sizes import format_size, parse_size
 from sluice.status import WorkerStatus
+from worker.engine import BatchStats
 from worker.families.base import TaskFamily
 from worker.residency import Candidate, ModelPool, family_bytes, lru_victims
 
@@ -179,9 +180,6 @@ def test_waiting_reasons() -> None:
 
 
 def test_forward_work_is_totalled_per_model_and_printed_as_padding_efficiency() -> None:
-    from sluice.routing import describe_worker
-    from worker.engine import BatchStats
-
     pool, _ = fake_pool({"a": 100}, budget=None)
     pool.get("a")
     pool.record("a", BatchStats(features=3, real_tokens=90, padded_tokens=100, forward_s=0.5))
