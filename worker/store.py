@@ -97,8 +97,8 @@ class Store:
         """Take the chunk; None when there is nothing to do.
 
         Nothing to do: the chunk is done, its job ended, another worker holds a fresh lease on it
-        (a coalescing worker took it from the database before its message arrived), it was
-        or dead-lettered.
+        (a coalescing worker took it from the database before its message arrived), or it was
+        dead-lettered.
         """
         with self.engine.begin() as conn:
             # One read decides the common no-work case: the message of a chunk a coalescing
