@@ -124,18 +124,18 @@ def interleaved(runs: int, configs: dict[str, Callable[[], tuple[float, float]]]
 def compare_compiled(eager: TaskFamily, docs: list[str], args: argparse.Namespace) -> None:
     compiled = load_minilm()
     compiled.model = torch.compile(compiled.model, dynamic=True)  # type: ignore[attr-defined]
+    tokens, size = DEFAULTS.batch_tokens("cpu"), DEFAULTS.max_batch_size
     start = time.perf_counter()
-    compute_only(compiled, docs[:1], 1, 1024, 128)  # dynamo specialises a batch of one: its own graph
-    compute_only(compiled, docs[:64], 64, 1024, 128)  # and one graph for every larger batch
+    compute_only(compiled, docs[:1], 1, tokens, size)  # dynamo specialises a batch of one: its own graph
+    compute_only(compiled, docs[:64], 64, tokens, size)  # and one graph for every larger batch
     print(f"compile: {time.perf_counter() - start:.1f}s")
     sample = [(i, {"text": d}) for i, d in enumerate(docs[:256])]
     outputs = [
-        {r.item: r.embedding for results, _ in Engine(f, 1024, 128).run(sample) for r in results}
+        {r.item: r.embedding for results, _ in Engine(f, tokens, size).run(sample) for r in results}
         for f in (eager, compiled)
     ]
     diff = max(float(abs(outputs[0][i] - outputs[1][i]).max()) for i in outputs[0])
     print(f"largest embedding difference over {len(sample)} documents: {diff:.2e}")
-    tokens, size = DEFAULTS.batch_tokens("cpu"), DEFAULTS.max_batch_size
     configs = {
         name: (lambda f=f: compute_only(f, docs, args.chunk[0], tokens, size))
         for name, f in (("eager", eager), ("torch.compile", compiled))
