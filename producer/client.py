@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,11 @@ from sluice.status import ChunkStatus, ItemStatus, JobStatus
 from worker.families import family_for
 
 _INSERT_BATCH = 1000
+#: How long a submit may route on the live-worker list read by an earlier one. Liveness already
+#: lags by a few heartbeats, so a second more changes little, and a backend sending one document
+#: per job skips a database read per job. A chunk routed to a queue nobody reads any more is
+#: re-routed by ``sluice reconcile``.
+ROUTE_CACHE_S = 1.0
 
 
 @dataclass
@@ -75,6 +81,7 @@ class Client:
         self.settings = settings or get_settings()
         self.engine = get_engine(self.settings.resolved_database_url)
         self._celery = None
+        self._live: tuple[float, list[WorkerRow]] = (float("-inf"), [])
 
     @property
     def registry(self) -> Registry:
@@ -107,19 +114,21 @@ class Client:
         family = family_for(spec.task)
         family.validate_params(params, spec)
         job_id = str(uuid.uuid4())
-        with self.engine.begin() as conn:
-            conn.execute(insert(Job.__table__).values(
-                id=job_id, task=spec.task, model=model, params=params, priority=priority,
-                status=JobStatus.QUEUED.value, total_items=0, done_items=0, failed_items=0,
-                created_at=utcnow()))  # fmt: skip
-            total, bad = self._insert_items(conn, job_id, family, spec, params, items, skip_invalid)
-            chunks = self._insert_chunks(conn, job_id, total)
-            status = JobStatus.FAILED if bad == total else JobStatus.QUEUED
-            conn.execute(update(Job.__table__).where(Job.id == job_id).values(
-                total_items=total, failed_items=bad, status=status.value,
-                finished_at=utcnow() if status is JobStatus.FAILED else None))  # fmt: skip
-        if bad < total:
-            self.enqueue(job_id, chunks, priority, model)
+        # One connection for both transactions: a checkout costs a liveness ping on PostgreSQL.
+        with self.engine.connect() as conn:
+            with conn.begin():
+                conn.execute(insert(Job.__table__).values(
+                    id=job_id, task=spec.task, model=model, params=params, priority=priority,
+                    status=JobStatus.QUEUED.value, total_items=0, done_items=0, failed_items=0,
+                    created_at=utcnow()))  # fmt: skip
+                total, bad = self._insert_items(conn, job_id, family, spec, params, items, skip_invalid)
+                chunks = self._insert_chunks(conn, job_id, total)
+                status = JobStatus.FAILED if bad == total else JobStatus.QUEUED
+                conn.execute(update(Job.__table__).where(Job.id == job_id).values(
+                    total_items=total, failed_items=bad, status=status.value,
+                    finished_at=utcnow() if status is JobStatus.FAILED else None))  # fmt: skip
+            if bad < total:
+                self.enqueue(job_id, chunks, priority, model, conn=conn)
         return job_id
 
     def _insert_items(
@@ -163,26 +172,37 @@ class Client:
         conn.execute(insert(Chunk.__table__), rows)
         return [row["idx"] for row in rows]
 
-    def enqueue(self, job_id: str, chunks: list[int], priority: int, model: str | None = None) -> str:
+    def enqueue(
+        self, job_id: str, chunks: list[int], priority: int, model: str | None = None, conn: Connection | None = None
+    ) -> str:
         """Send one message per chunk: a reference (job id, chunk index), never the documents.
 
         The chunks go to the model's own queue while a live worker preloads the model, otherwise
-        to the shared queue; the queue is recorded on each chunk. Returns the queue.
+        to the shared queue; the queue is recorded on each chunk. Returns the queue. ``conn``, if
+        given, must not be inside a transaction.
         """
-        if model is None:
-            with self.engine.connect() as conn:
-                model = conn.execute(select(Job.model).where(Job.id == job_id)).scalar_one()
-        queue = route(model, self.workers(), self.settings.queue)
-        for idx in chunks:
-            self.celery.send_task(PROCESS_CHUNK, args=[job_id, idx], queue=queue, priority=redis_priority(priority))
-        with self.engine.begin() as conn:
-            conn.execute(update(Chunk.__table__).where(Chunk.job_id == job_id, Chunk.idx.in_(chunks))
-                         .values(enqueued_at=utcnow(), queue=queue))  # fmt: skip
+        with nullcontext(conn) if conn is not None else self.engine.connect() as c:
+            if model is None:
+                model = c.execute(select(Job.model).where(Job.id == job_id)).scalar_one()
+                c.rollback()
+            queue = route(model, self._routing_workers(), self.settings.queue)
+            for idx in chunks:
+                self.celery.send_task(PROCESS_CHUNK, args=[job_id, idx], queue=queue, priority=redis_priority(priority))
+            with c.begin():
+                c.execute(update(Chunk.__table__).where(Chunk.job_id == job_id, Chunk.idx.in_(chunks))
+                          .values(enqueued_at=utcnow(), queue=queue))  # fmt: skip
         return queue
 
     def workers(self) -> list[WorkerRow]:
         """Live workers: fresh heartbeat, not stopped."""
-        return load_workers(self.engine, self.settings.heartbeat_seconds)
+        found = load_workers(self.engine, self.settings.heartbeat_seconds)
+        self._live = (time.monotonic(), found)
+        return found
+
+    def _routing_workers(self) -> list[WorkerRow]:
+        """The live workers as read at most ``ROUTE_CACHE_S`` ago (reading them again if older)."""
+        read_at, found = self._live
+        return found if time.monotonic() - read_at < ROUTE_CACHE_S else self.workers()
 
     # follow ---------------------------------------------------------------------------------
     def status(self, job_id: str, explain: bool = True) -> JobInfo:
