@@ -11,6 +11,7 @@ import os
 import socket
 from contextlib import closing
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from sluice.registry import load_registry
@@ -22,6 +23,12 @@ from worker.store import Claim, Store
 from worker.writer import ResultWriter
 
 log = logging.getLogger("sluice.worker")
+
+#: Chunks this process closed, remembered so that their own messages (queued behind the run that
+#: coalesced them) are acked without a database read. With 1000 single-document jobs on
+#: PostgreSQL, such a message took about 2.7 ms of the worker's time with the read and 1.1-1.5 ms
+#: without. Oldest forgotten first: a forgotten one costs only that read.
+REMEMBER_CLOSED = 65_536
 
 
 def configure_threads(settings: Settings) -> None:
@@ -58,12 +65,17 @@ class WorkerRuntime:
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
         self.store = Store(settings.resolved_database_url, settings.max_attempts, settings.lease_seconds)
         self.pool = ModelPool(load_registry(settings.models_file), self.device, budget=settings.max_model_memory)
+        self._closed: dict[tuple[str, int], None] = {}  # insertion-ordered set
 
     def preload(self, names: list[str]) -> None:
         """Load and pin the models this worker announces: they are never evicted."""
         self.pool.preload(names)
 
     def process_chunk(self, job_id: str, idx: int) -> ChunkReport:
+        # A chunk marked done stays done (nothing sets it back), so its message needs no work.
+        if (job_id, idx) in self._closed:
+            del self._closed[job_id, idx]
+            return ChunkReport(skipped=True)
         claim = self.store.claim(job_id, idx, worker=self.hostname)
         if claim is None:
             return ChunkReport(skipped=True)
@@ -73,8 +85,13 @@ class WorkerRuntime:
         except Exception:
             self._release(claims)
             raise
-        self.store.close_all(claims)
+        self._remember(self.store.close_all(claims))
         return report
+
+    def _remember(self, closed: list[tuple[str, int]]) -> None:
+        self._closed.update(dict.fromkeys(closed))
+        for key in list(islice(self._closed, max(0, len(self._closed) - REMEMBER_CLOSED))):
+            del self._closed[key]
 
     def _release(self, claims: list[Claim]) -> None:
         """After a failed run (a commit failed): hand the chunks back for redelivery, best effort;
@@ -90,9 +107,10 @@ class WorkerRuntime:
         of other jobs for the same model straight from the database, up to ``chunk_size`` items in
         all, so that small jobs get the sorting window and full batches a bulk chunk gets.
 
-        Their Redis messages stay queued; when they arrive, the chunks are found done (or leased)
-        and acked without work. If this worker dies first, those messages (or the reconciler,
-        once the lease expires) bring the chunks back: nothing is acked before it is committed.
+        Their Redis messages stay queued; when they arrive, the chunks are found done (in this
+        process's memory of what it closed, else in the database) or leased, and acked without
+        work. If this worker dies first, those messages (or the reconciler, once the lease
+        expires) bring the chunks back: nothing is acked before it is committed.
         """
         room = self.settings.chunk_size - len(claim.items)
         if not self.settings.coalesce_chunks or room <= 0:

@@ -280,19 +280,22 @@ class Store:
             )  # fmt: skip
         return bool(res.rowcount)
 
-    def close_all(self, claims: list[Claim]) -> int:
-        """Mark claimed chunks done where their leases still hold, in one transaction; returns how many."""
+    def close_all(self, claims: list[Claim]) -> list[tuple[str, int]]:
+        """Mark claimed chunks done where their leases still hold, in one transaction; returns the
+        chunks known closed (all of a lease's chunks when its update matched every one of them)."""
         by_lease: dict[str, list[tuple[str, int]]] = {}
         for c in claims:
             by_lease.setdefault(c.lease, []).append((c.job_id, c.idx))
-        closed = 0
+        closed: list[tuple[str, int]] = []
         with self.engine.begin() as conn:
             for lease, chunks in by_lease.items():
-                closed += conn.execute(
+                n = conn.execute(
                     update(_chunks)
                     .where(tuple_(_chunks.c.job_id, _chunks.c.idx).in_(chunks), _chunks.c.lease == lease)
                     .values(status=ChunkStatus.DONE.value)
                 ).rowcount
+                if n == len(chunks):
+                    closed += chunks
         return closed
 
     def close(self, job_id: str, idx: int, lease: str) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from producer.client import Client
 from producer.reconcile import reclaim_own, reconcile, stale_chunks
@@ -121,9 +121,47 @@ def test_queued_chunks_of_the_same_model_are_coalesced_most_urgent_first(client:
     assert store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=100) == []
     assert other not in {c.job_id for c in taken + again}
     assert client.status(high).status is JobStatus.RUNNING
-    assert store.close_all(taken + again) == 4
+    assert sorted(store.close_all(taken + again)) == sorted((c.job_id, c.idx) for c in taken + again)
     expired = Store(client.settings.resolved_database_url, 3, lease_seconds=0)
     assert expired.claim(high, 0) is None  # done, not merely leased
+
+
+def test_close_all_names_only_chunks_whose_lease_still_held(client: Client) -> None:
+    jobs = [client.submit("minilm", [f"doc {i}"]) for i in range(3)]
+    early = Store(client.settings.resolved_database_url, 3, lease_seconds=0)
+    first = early.claim(jobs[0], 0)
+    shared = early.claim_queued("minilm", (jobs[0], 0), max_chunks=10, max_items=10)
+    assert first and [c.job_id for c in shared] == jobs[1:]
+    retaken = early.claim(jobs[2], 0)  # its lease expired: a redelivery took it over
+    assert retaken is not None
+    # The shared lease lost one of its two chunks, so neither is reported closed.
+    assert early.close_all([first, *shared]) == [(jobs[0], 0)]
+    assert early.close_all([retaken]) == [(jobs[2], 0)]
+
+
+def test_runtime_acks_the_messages_of_chunks_it_closed_without_a_database_read(client: Client) -> None:
+    """A coalesced chunk's own message, arriving after the run, is skipped from memory."""
+    from sqlalchemy import event
+
+    from worker.runtime import WorkerRuntime
+
+    jobs = [client.submit("minilm", [f"doc {i}"]) for i in range(3)]
+    runtime = WorkerRuntime(client.settings, hostname="w@host")
+    assert runtime.process_chunk(jobs[0], 0).written == 3
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        statements.append(statement)
+
+    event.listen(runtime.store.engine, "before_cursor_execute", count)
+    try:
+        assert runtime.process_chunk(jobs[1], 0).skipped and not statements
+        assert runtime.process_chunk(jobs[1], 0).skipped and statements  # a resent message: read again
+    finally:
+        event.remove(runtime.store.engine, "before_cursor_execute", count)
+    with client.engine.connect() as conn:
+        deliveries = conn.execute(select(Chunk.deliveries).where(Chunk.job_id.in_(jobs))).scalars().all()
+    assert deliveries == [1, 1, 1]
 
 
 def test_coalescing_dead_letters_a_chunk_past_its_attempts(client: Client) -> None:
