@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         8, ge=1, description="Good batches in a row before a backed-off token budget grows 25% again."
     )
     coalesce_chunks: int = Field(
-        512,
+        1024,
         ge=0,
         description="Queued chunks of other jobs merged into a small chunk's run (chunk_size items in all).",
     )
