@@ -33,6 +33,9 @@ def process_chunk(job_id: str, idx: int) -> dict[str, object]:
         # go through) is retried at once. The delivery counter bounds a chunk that always fails.
         log.exception("chunk %s/%s failed; requeued", job_id, idx)
         raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
+    if report.skipped:  # a coalesced chunk's own message, or a duplicate: common, not news
+        log.debug("chunk %s/%s: nothing to do (done, or held by a live lease)", job_id, idx)
+        return {"written": 0, "failed": 0, "skipped": True}
     stats = report.stats
     log.info(
         "chunk %s/%s: %d done, %d failed%s",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import event, insert, select, update
 
 from producer.client import Client
 from producer.reconcile import reclaim_own, reconcile, stale_chunks
@@ -18,6 +18,7 @@ from sluice.db import Chunk, Worker, get_engine, utcnow
 from sluice.status import JobStatus, WorkerStatus
 from tests.conftest import make_settings
 from worker.families.base import ItemResult
+from worker.runtime import WorkerRuntime
 from worker.store import Store
 
 
@@ -141,10 +142,6 @@ def test_close_all_names_only_chunks_whose_lease_still_held(client: Client) -> N
 
 def test_runtime_acks_the_messages_of_chunks_it_closed_without_a_database_read(client: Client) -> None:
     """A coalesced chunk's own message, arriving after the run, is skipped from memory."""
-    from sqlalchemy import event
-
-    from worker.runtime import WorkerRuntime
-
     jobs = [client.submit("minilm", [f"doc {i}"]) for i in range(3)]
     runtime = WorkerRuntime(client.settings, hostname="w@host")
     assert runtime.process_chunk(jobs[0], 0).written == 3
