@@ -11,6 +11,7 @@ single-document jobs. Prints ratios to Sluice and the compute floor; writes a Ma
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -187,7 +188,7 @@ def main() -> None:
     registry = var / "models.toml"
     registry.write_text(
         BUNDLED_REGISTRY.read_text()
-        + f'\n[models.classifier]\ntask = "text-classification"\npath = "{clf}"\nmax_length = 256\n'
+        + f'\n[models.classifier]\ntask = "text-classification"\npath = {json.dumps(clf)}\nmax_length = 256\n'
     )
     broker = find_broker(var)
     env = {"broker": broker, "dbs": databases(var), "var": var, "flops": bl.matmul_flops()}
