@@ -33,8 +33,8 @@ from sluice.corpus import stdlib_documents
 from sluice.registry import BUNDLED_REGISTRY, load_registry
 from sluice.settings import Settings
 from worker.engine import BatchStats, Engine
-from worker.families import family_for
-from worker.families.base import TaskFamily
+from sluice.families import family_for
+from sluice.families.base import TaskFamily
 from worker.store import Store
 from worker.writer import ResultWriter
 

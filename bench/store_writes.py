@@ -27,7 +27,7 @@ from sluice import migrate
 from sluice.db import Item, Job, get_engine, utcnow
 from sluice.settings import Settings
 from worker import store as store_module
-from worker.families.base import ItemResult
+from sluice.families.base import ItemResult
 from worker.store import Store
 
 POSTGRES_URL = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

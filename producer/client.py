@@ -26,7 +26,7 @@ from sluice.registry import Registry, load_registry
 from sluice.routing import WorkerRow, load_workers, route, waiting_reason
 from sluice.settings import Settings, get_settings
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
-from worker.families import family_for
+from sluice.families import family_for
 
 _INSERT_BATCH = 1000
 #: How long a submit may route on the live-worker list read by an earlier one. Liveness already
@@ -140,7 +140,7 @@ class Client:
         total = bad = 0
         for index, raw in enumerate(items):
             record = normalise(raw, index)
-            error = check_item(family, spec, params, record, index, self.settings.max_item_chars)
+            error = check_item(family, spec, params, record, index, self.settings)
             total += 1
             if error:
                 bad += 1

@@ -7,7 +7,7 @@ from typing import Any
 from producer.inputs import InvalidRecord
 from sluice.errors import ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import TaskFamily
+from sluice.families.base import TaskFamily
 
 MAX_REPORTED = 10
 

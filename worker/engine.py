@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.batching import TokenBudget, plan_batches
-from worker.families.base import Feature, ItemResult, TaskFamily
+from sluice.families.base import Feature, ItemResult, TaskFamily
 
 log = logging.getLogger("sluice.worker")
 

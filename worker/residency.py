@@ -26,8 +26,8 @@ from sluice.db import utcnow
 from sluice.registry import ModelSpec, Registry
 from sluice.sizes import format_size
 from worker.engine import BatchStats
-from worker.families import family_for
-from worker.families.base import TaskFamily
+from sluice.families import family_for
+from sluice.families.base import TaskFamily
 
 log = logging.getLogger("sluice.worker")
 

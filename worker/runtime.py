@@ -17,7 +17,7 @@ from typing import Any
 from sluice.registry import load_registry
 from sluice.settings import Settings
 from worker.engine import BatchStats, Engine, shared_budget
-from worker.families.base import ItemResult
+from sluice.families.base import ItemResult
 from worker.residency import ModelPool
 from worker.store import Claim, Store
 from worker.writer import ResultWriter

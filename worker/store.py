@@ -22,7 +22,7 @@ from sqlalchemy import Connection, and_, bindparam, case, select, text, tuple_, 
 
 from sluice.db import LABEL_CHARS, Chunk, Item, Job, as_utc, get_engine, utcnow
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
-from worker.families.base import ItemResult
+from sluice.families.base import ItemResult
 
 _items = Item.__table__
 _jobs = Job.__table__

@@ -14,7 +14,7 @@ import queue
 import threading
 from types import TracebackType
 
-from worker.families.base import ItemResult
+from sluice.families.base import ItemResult
 from worker.store import Store
 
 log = logging.getLogger("sluice.worker")

@@ -17,7 +17,7 @@ from sluice import migrate
 from sluice.db import Chunk, Worker, get_engine, utcnow
 from sluice.status import JobStatus, WorkerStatus
 from tests.conftest import make_settings
-from worker.families.base import ItemResult
+from sluice.families.base import ItemResult
 from worker.runtime import WorkerRuntime
 from worker.store import Store
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.models import OracleCase
 from tests.models.common import mixed_texts, save, training_texts
-from worker.families.generation import item_seed
+from sluice.families.generation import item_seed
 
 TOL = 1e-4
 EOS = "<|endoftext|>"

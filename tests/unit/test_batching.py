@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 
-from worker.batching import TokenBudget, pad_ids, padding_efficiency, plan_batches
+from sluice.families.collate import pad_ids
+from worker.batching import TokenBudget, padding_efficiency, plan_batches
 
 
 def test_batches_respect_padded_token_budget_and_count() -> None:

@@ -10,7 +10,7 @@ import pytest
 from sluice.registry import ModelSpec
 from worker.batching import TokenBudget
 from worker.engine import Engine, shared_budget
-from worker.families.base import Feature, ItemResult, TaskFamily
+from sluice.families.base import Feature, ItemResult, TaskFamily
 
 
 class Echo(TaskFamily):

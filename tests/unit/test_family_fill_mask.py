@@ -12,8 +12,8 @@ from sluice.errors import ConfigError, ValidationError
 from sluice.registry import ModelSpec
 from tests.models.fill_mask import MASK, build_masked_lm, check, pipeline_predictions
 from tests.unit.test_oracles import run_engine
-from worker.families import family_for
-from worker.families.fill_mask import FillMask
+from sluice.families import family_for
+from sluice.families.fill_mask import FillMask
 
 TASK = "fill-mask"
 

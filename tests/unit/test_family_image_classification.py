@@ -20,8 +20,8 @@ from tests.models.image_classification import build_image_classifier, pipeline_r
 from tests.models.images import check_ranked, image_paths
 from tests.unit.test_oracles import run_engine
 from worker.engine import Engine
-from worker.families import families, family_for
-from worker.families.image_classification import ImageClassification
+from sluice.families import families, family_for
+from sluice.families.image_classification import ImageClassification
 
 TASK = "image-classification"
 
@@ -75,7 +75,7 @@ def _error(fields: dict[str, Any], spec: ModelSpec, params: dict[str, Any] | Non
 
 def test_family_is_discovered_and_helpers_are_not() -> None:
     assert family_for(TASK) is ImageClassification
-    assert all(cls.__module__ != "worker.families.images" for cls in families().values())
+    assert all(cls.__module__ != "sluice.families.images" for cls in families().values())
 
 
 def test_settings_read_url_prefixes_from_env_as_json(url_prefixes: Any) -> None:

@@ -12,7 +12,7 @@ from sluice.errors import ValidationError
 from sluice.registry import ModelSpec
 from tests.models.question_answering import build_qa_model, check, qa_inputs, reference_answers
 from tests.unit.test_oracles import run_engine
-from worker.families.question_answering import QuestionAnswering
+from sluice.families.question_answering import QuestionAnswering
 
 SPEC = ModelSpec(name="qa", task="question-answering", path="unused", max_length=128)
 OK = {"question": "what?", "context": "Paris is in France."}

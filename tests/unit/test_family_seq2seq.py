@@ -13,8 +13,8 @@ from sluice.registry import ModelSpec
 from tests.models.common import mixed_texts
 from tests.models.seq2seq import EN_DE, build_bart, build_t5, generate_rows
 from tests.unit.test_family_text_generation import assert_same, loaded, run_items
-from worker.families import family_for
-from worker.families.seq2seq import Seq2SeqGeneration, Summarization, Text2TextGeneration, Translation
+from sluice.families import family_for
+from sluice.families.seq2seq import Seq2SeqGeneration, Summarization, Text2TextGeneration, Translation
 
 TASKS = {"summarization": Summarization, "translation": Translation, "text2text-generation": Text2TextGeneration}
 

@@ -14,9 +14,9 @@ from tests.models.common import mixed_texts
 from tests.models.text_generation import build_gpt2, build_llama, pipeline_rows
 from worker.batching import plan_batches
 from worker.engine import Engine
-from worker.families import family_for
-from worker.families.generation import GENERATE_DEFAULTS, GenerationFamily, TokenScorer, item_seed
-from worker.families.text_generation import TextGeneration
+from sluice.families import family_for
+from sluice.families.generation import GENERATE_DEFAULTS, GenerationFamily, TokenScorer, item_seed
+from sluice.families.text_generation import TextGeneration
 
 TASK = "text-generation"
 

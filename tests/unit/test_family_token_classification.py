@@ -14,8 +14,8 @@ from sluice.registry import ModelSpec
 from tests.models.common import mixed_texts
 from tests.models.token_classification import build_token_classifier, check, pipeline_entities
 from tests.unit.test_oracles import run_engine
-from worker.families import family_for
-from worker.families.token_classification import (
+from sluice.families import family_for
+from sluice.families.token_classification import (
     STRATEGIES,
     TokenClassification,
     aggregate_overlapping_entities,

@@ -15,7 +15,7 @@ from sluice.registry import ModelSpec
 from tests.models.common import build_text_classifier, mixed_texts
 from tests.models.zero_shot_classification import NLI, TOPICS, build_nli_model
 from tests.unit.test_oracles import run_engine
-from worker.families.zero_shot_classification import ZeroShotClassification
+from sluice.families.zero_shot_classification import ZeroShotClassification
 
 SPEC = ModelSpec(name="nli", task="zero-shot-classification", path="unused")
 OK = {"text": "The match ended in a draw.", "candidate_labels": ["sport", "politics"]}

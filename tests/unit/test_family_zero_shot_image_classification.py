@@ -13,8 +13,8 @@ from sluice.registry import ModelSpec
 from tests.models.images import check_ranked, image_inputs, image_paths
 from tests.models.zero_shot_image_classification import build_clip, build_clip_tokenizer, pipeline_rows
 from worker.engine import Engine
-from worker.families import family_for
-from worker.families.zero_shot_image_classification import ZeroShotImageClassification
+from sluice.families import family_for
+from sluice.families.zero_shot_image_classification import ZeroShotImageClassification
 
 TASK = "zero-shot-image-classification"
 LABELS = ["cat", "dog", "car"]

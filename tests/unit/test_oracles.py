@@ -11,7 +11,7 @@ import pytest
 from sluice.registry import ModelSpec, Registry
 from tests.models import OracleCase, all_cases, registry_toml
 from worker.engine import Engine
-from worker.families import family_for
+from sluice.families import family_for
 
 
 def run_engine(spec: ModelSpec, inputs: list[dict[str, Any]], params: dict[str, Any],

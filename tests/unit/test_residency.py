@@ -15,7 +15,7 @@ from sluice.routing import WorkerRow, describe_worker, model_queue, route, waiti
 from sluice.sizes import format_size, parse_size
 from sluice.status import WorkerStatus
 from worker.engine import BatchStats
-from worker.families.base import TaskFamily
+from sluice.families.base import TaskFamily
 from worker.residency import Candidate, ModelPool, family_bytes, lru_victims
 
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from worker.families.base import ItemResult
+from sluice.families.base import ItemResult
 from worker.writer import ResultWriter
 
 

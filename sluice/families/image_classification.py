@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, int_option
-from worker.families.images import HFImageFamily, validate_image
-from worker.families.text_classification import apply_score_function, model_labels, ranked, score_function
+from sluice.families.base import Feature, ItemResult, int_option
+from sluice.families.images import HFImageFamily, validate_image
+from sluice.families.text_classification import apply_score_function, model_labels, ranked, score_function
 
 DEFAULT_TOP_K = 5
 

@@ -11,7 +11,7 @@ the target language code as the first generated token.
 
 Output: ``generated_text`` (plus ``summary_text`` or ``translation_text``, the names the 4.x
 pipelines used), ``n_new_tokens`` and ``finish_reason``; ``score`` is the mean log-probability of
-the generated tokens (:mod:`worker.families.generation`). Unset options are the model's
+the generated tokens (:mod:`sluice.families.generation`). Unset options are the model's
 generation config, as for a plain ``model.generate()``; that is the oracle the tests use.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sluice.errors import ItemError
-from worker.families.generation import GenerationFamily
+from sluice.families.generation import GenerationFamily
 
 #: keys of a task-specific params entry that are generation options
 _TASK_DEFAULTS = ("max_new_tokens", "max_length", "min_length", "num_beams", "length_penalty",

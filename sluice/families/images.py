@@ -20,8 +20,8 @@ import numpy as np
 from sluice.errors import ItemError, ValidationError
 from sluice.registry import ModelSpec
 from sluice.settings import get_settings
-from worker.families.base import Feature, ItemResult, TaskFamily, text_field
-from worker.families.hf import load_model
+from sluice.families.base import Feature, ItemResult, TaskFamily, text_field
+from sluice.families.hf import load_model
 
 URL_SCHEMES = ("http://", "https://")
 #: seconds to wait for an image URL; a slow server fails its item instead of stalling the chunk

@@ -16,9 +16,9 @@ import numpy as np
 
 from sluice.errors import ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, text_field
-from worker.families.feature_extraction import FeatureExtraction
-from worker.families.text_classification import apply_score_function, ranked
+from sluice.families.base import Feature, ItemResult, text_field
+from sluice.families.feature_extraction import FeatureExtraction
+from sluice.families.text_classification import apply_score_function, ranked
 
 
 def candidate_labels(fields: dict[str, Any], item: int) -> list[str]:

@@ -25,8 +25,8 @@ import numpy as np
 
 from sluice.errors import ConfigError, ItemError, ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, int_option, text_field
-from worker.families.hf import HFTextFamily
+from sluice.families.base import Feature, ItemResult, int_option, text_field
+from sluice.families.hf import HFTextFamily
 
 DEFAULT_TOP_K = 5
 DEFAULT_MASK_TOKEN = "[MASK]"

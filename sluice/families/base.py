@@ -119,7 +119,7 @@ class TaskFamily(ABC):
 
     def collate(self, features: list[Feature]) -> dict[str, Any]:
         """Pad features into tensors on the device. Families with odd inputs override this."""
-        from worker.batching import pad_features
+        from sluice.families.collate import pad_features
 
         return pad_features(features, self.pad_values(), self.device)
 

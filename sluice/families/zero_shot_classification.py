@@ -20,9 +20,9 @@ import numpy as np
 
 from sluice.errors import ConfigError, ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, bool_option, text_field
-from worker.families.text_classification import TextClassification, apply_score_function
-from worker.families.zero_shot_similarity import candidate_labels
+from sluice.families.base import Feature, ItemResult, bool_option, text_field
+from sluice.families.text_classification import TextClassification, apply_score_function
+from sluice.families.zero_shot_similarity import candidate_labels
 
 DEFAULT_TEMPLATE = "This example is {}."
 

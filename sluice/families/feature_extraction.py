@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.families.base import Feature, ItemResult
-from worker.families.hf import HFTextFamily
+from sluice.families.base import Feature, ItemResult
+from sluice.families.hf import HFTextFamily
 
 
 class FeatureExtraction(HFTextFamily):

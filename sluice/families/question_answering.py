@@ -25,8 +25,8 @@ from typing import Any
 
 from sluice.errors import ConfigError, ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, bool_option, int_option, text_field
-from worker.families.hf import HFTextFamily
+from sluice.families.base import Feature, ItemResult, bool_option, int_option, text_field
+from sluice.families.hf import HFTextFamily
 
 # Token roles in a window's ``span_mask`` row: padding and question/special tokens are 0.
 _CONTEXT, _CLS = 1, 2

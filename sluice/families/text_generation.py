@@ -5,7 +5,7 @@ returns for the same options: the prompt is tokenised as the pipeline does (the 
 defaults, special tokens included), only the new tokens are decoded, with
 ``skip_special_tokens=True``. Prompts are left-padded so batched generation continues each one
 from its own last token; ``forward`` and the scores are described in
-:mod:`worker.families.generation`.
+:mod:`sluice.families.generation`.
 
 Differences from the pipeline, all deliberate:
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from sluice.errors import ItemError, ValidationError
 from sluice.registry import ModelSpec
-from worker.families.generation import GenerationFamily
+from sluice.families.generation import GenerationFamily
 
 
 class TextGeneration(GenerationFamily):

@@ -18,10 +18,10 @@ import numpy as np
 
 from sluice.errors import ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult
-from worker.families.images import HFImageFamily, validate_image
-from worker.families.text_classification import apply_score_function, ranked
-from worker.families.zero_shot_similarity import candidate_labels
+from sluice.families.base import Feature, ItemResult
+from sluice.families.images import HFImageFamily, validate_image
+from sluice.families.text_classification import apply_score_function, ranked
+from sluice.families.zero_shot_similarity import candidate_labels
 
 DEFAULT_TEMPLATE = "This is a photo of {}."
 

@@ -1,6 +1,6 @@
 """Task families, discovered from this package: adding a task is adding a module here.
 
-Every module defining a :class:`~worker.families.base.TaskFamily` subclass with a ``task`` name
+Every module defining a :class:`~sluice.families.base.TaskFamily` subclass with a ``task`` name
 is picked up; nothing in the queue code changes.
 """
 
@@ -11,9 +11,9 @@ import pkgutil
 from functools import cache
 
 from sluice.errors import ConfigError
-from worker.families.base import TaskFamily
+from sluice.families.base import TaskFamily
 
-_SKIP = {"base", "hf"}
+_SKIP = {"base", "hf", "collate"}
 
 
 @cache

@@ -29,9 +29,9 @@ import numpy as np
 
 from sluice.errors import ConfigError, ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, text_field
-from worker.families.hf import HFTextFamily
-from worker.families.text_classification import apply_score_function, model_labels
+from sluice.families.base import Feature, ItemResult, text_field
+from sluice.families.hf import HFTextFamily
+from sluice.families.text_classification import apply_score_function, model_labels
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 #: strategies that force one label per word, so they need to know where words start

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from sluice.errors import ItemError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, TaskFamily
+from sluice.families.base import Feature, ItemResult, TaskFamily
 
 # Tokenizers report "no limit" as a huge sentinel; anything above this is not a real model limit.
 _NO_LIMIT = 1_000_000

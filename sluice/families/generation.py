@@ -34,8 +34,8 @@ from typing import Any, ClassVar
 
 from sluice.errors import ItemError, ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, text_field
-from worker.families.hf import HFTextFamily
+from sluice.families.base import Feature, ItemResult, text_field
+from sluice.families.hf import HFTextFamily
 
 #: ``generate()``'s own defaults for the options Sluice reads (``GenerationConfig._get_default_generation_params``),
 #: used when neither the job nor the model's generation config sets them.
@@ -301,7 +301,7 @@ class GenerationFamily(HFTextFamily):
         return Feature(item=item, ids={"input_ids": ids, "attention_mask": [1] * len(ids)}, length=length, meta=meta)
 
     def collate(self, features: list[Feature]) -> dict[str, Any]:
-        from worker.batching import pad_features
+        from sluice.families.collate import pad_features
 
         batch = pad_features(features, self.pad_values(), self.device, side=self.padding_side)
         batch["meta"] = [f.meta for f in features]

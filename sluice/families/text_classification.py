@@ -13,8 +13,8 @@ import numpy as np
 
 from sluice.errors import ValidationError
 from sluice.registry import ModelSpec
-from worker.families.base import Feature, ItemResult, text_field
-from worker.families.hf import HFTextFamily
+from sluice.families.base import Feature, ItemResult, text_field
+from sluice.families.hf import HFTextFamily
 
 
 def score_function(problem_type: str | None, num_labels: int) -> str:
