@@ -30,12 +30,13 @@ import torch
 
 from bench.store_writes import new_job, scratch_databases
 from sluice.corpus import stdlib_documents
+from sluice.families import family_for
+from sluice.families.base import TaskFamily
+from sluice.ledger import Ledger
 from sluice.registry import BUNDLED_REGISTRY, load_registry
 from sluice.settings import Settings
 from worker.engine import BatchStats, Engine
-from sluice.families import family_for
-from sluice.families.base import TaskFamily
-from worker.store import Store
+from worker.hooks import Hooks
 from worker.writer import ResultWriter
 
 DEFAULTS = Settings()  # batch settings as configured (SLUICE_MAX_BATCH_TOKENS, SLUICE_MAX_BATCH_SIZE)
@@ -86,14 +87,14 @@ def with_writes(
 ) -> tuple[float, float]:
     """(seconds to run and commit every document, of which outside forward passes); ``writer``
     puts the writes on the writer thread."""
-    store = Store(url, max_attempts=3)
+    store = Ledger(url, max_attempts=3)
     job = new_job(url, len(docs))
     clock.seconds = 0.0
     start = time.perf_counter()
     for part in chunks(docs, chunk):
         run = Engine(family, DEFAULTS.batch_tokens("cpu"), DEFAULTS.max_batch_size).run(part)
         if writer:
-            with ResultWriter(store, "bench", job) as w:
+            with ResultWriter(store, "bench", job, Hooks(Settings()), "bench") as w:
                 for results, _ in run:
                     w.put({job: results})
         else:

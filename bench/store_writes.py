@@ -1,4 +1,4 @@
-"""``python -m bench.store_writes``: seconds for ``Store.write_results`` of 4,000 embeddings.
+"""``python -m bench.store_writes``: seconds for ``Ledger.write_results`` of 4,000 embeddings.
 
 Batches of 64 and 128 items with 384-float embeddings, on SQLite and PostgreSQL
 (``SLUICE_TEST_POSTGRES_URL``; a scratch database is created and dropped), comparing the
@@ -25,10 +25,10 @@ from sqlalchemy import Connection, create_engine, insert, text
 
 from sluice import migrate
 from sluice.db import Item, Job, get_engine, utcnow
-from sluice.settings import Settings
-from worker import store as store_module
 from sluice.families.base import ItemResult
-from worker.store import Store
+from sluice.ledger import Ledger
+from sluice.ledger import results as store_module
+from sluice.settings import Settings
 
 POSTGRES_URL = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -64,7 +64,7 @@ def new_job(url: str, n: int) -> str:
 
 
 def time_writes(url: str, embeddings: np.ndarray, batch: int) -> float:
-    store = Store(url, max_attempts=3)
+    store = Ledger(url, max_attempts=3)
     job = new_job(url, len(embeddings))
     start = time.perf_counter()
     for lo in range(0, len(embeddings), batch):

@@ -17,13 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from sqlalchemy import update
 
 from bench.stack import databases, find_broker
 from producer.client import Client
 from sluice import migrate
 from sluice.celery_app import PROCESS_CHUNK
-from sluice.db import Chunk, utcnow
 from sluice.registry import BUNDLED_REGISTRY
 from sluice.settings import Settings
 
@@ -45,17 +43,13 @@ def measure(db: str, url: str, broker: str, var: Path, n: int) -> None:
     print(f"{db}:")
     timed("whole submit (one document)", n, lambda i: client.submit("minilm", [f"document {i}"]))
     sent: list[tuple[str, list[int], int, str]] = []
-    client.enqueue = lambda job_id, chunks, priority, model=None, **_: sent.append((job_id, chunks, priority, model))  # type: ignore[method-assign,assignment,misc]
+    client.dispatcher.send = lambda job_id, chunks, priority, model: sent.append((job_id, chunks, priority, model))  # type: ignore[method-assign,assignment,misc,func-returns-value]
     timed("submit without enqueue", n, lambda i: client.submit("minilm", [f"document {i}"]))
     timed("live workers (routing)", n, lambda i: client.workers())
-    celery = client.celery
+    celery = client.dispatcher.app
     timed("send_task", n, lambda i: celery.send_task(PROCESS_CHUNK, args=[sent[i][0], 0], queue=queue))
 
-    def mark_sent(i: int) -> None:
-        with client.engine.begin() as conn:
-            conn.execute(update(Chunk).where(Chunk.job_id == sent[i][0]).values(enqueued_at=utcnow(), queue=queue))
-
-    timed("enqueued_at update", n, mark_sent)
+    timed("enqueued_at update", n, lambda i: client.ledger.mark_sent(sent[i][0], [0], queue))
     redis.Redis.from_url(broker).delete(queue)
 
 

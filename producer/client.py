@@ -1,8 +1,7 @@
 """The Python client: submit bulk jobs, follow their progress, read their results.
 
-Submission writes the job, its items and its chunks in one transaction and only then enqueues
-chunk references, so a message never points at rows that do not exist; a chunk whose message was
-never sent (or was lost with Redis) is still in the database for ``sluice reconcile``.
+Validation happens here, before anything is written; storing (one transaction for the job, its
+items and chunks, then the send) is the ledger's, sending the dispatcher's.
 """
 
 from __future__ import annotations
@@ -10,68 +9,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-from sqlalchemy import Connection, func, insert, select, update
-
 from producer.validate import MAX_REPORTED, check_item, normalise, rejection
-from sluice.celery_app import PROCESS_CHUNK, create_app, redis_priority
-from sluice.db import Chunk, Item, Job, as_utc, get_engine, utcnow
+from sluice.dispatch import Dispatcher
 from sluice.errors import JobNotFoundError, ValidationError
-from sluice.registry import Registry, load_registry
-from sluice.routing import WorkerRow, load_workers, route, waiting_reason
-from sluice.settings import Settings, get_settings
-from sluice.status import ChunkStatus, ItemStatus, JobStatus
 from sluice.families import family_for
+from sluice.families.base import TaskFamily
+from sluice.ledger import JobInfo, Ledger, NewItem, NewJob
+from sluice.registry import ModelSpec, Registry, load_registry
+from sluice.routing import WorkerRow, waiting_reason
+from sluice.settings import Settings, get_settings
 
-_INSERT_BATCH = 1000
-#: How long a submit may route on the live-worker list read by an earlier one. Liveness already
-#: lags by a few heartbeats, so a second more changes little, and a backend sending one document
-#: per job skips a database read per job. A chunk routed to a queue nobody reads any more is
-#: re-routed by ``sluice reconcile``.
-ROUTE_CACHE_S = 1.0
-
-
-@dataclass
-class JobInfo:
-    """A job's state as stored in the database."""
-
-    id: str
-    model: str
-    task: str
-    status: JobStatus
-    priority: int
-    total: int
-    done: int
-    failed: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    #: why its queued chunks will not be picked up (no live worker consumes their queue); None if they will
-    waiting_reason: str | None = None
-
-    @property
-    def finished(self) -> int:
-        return self.done + self.failed
-
-    @property
-    def pending(self) -> int:
-        return self.total - self.finished
-
-    @property
-    def elapsed_s(self) -> float | None:
-        """Seconds from submission to the last result (or to now while running)."""
-        end = self.finished_at or (datetime.now(UTC) if self.started_at else None)
-        return (as_utc(end) - as_utc(self.created_at)).total_seconds() if end else None
-
-    @property
-    def items_per_s(self) -> float | None:
-        elapsed = self.elapsed_s
-        return self.finished / elapsed if elapsed else None
+__all__ = ["Client", "JobInfo"]
 
 
 class Client:
@@ -79,19 +29,17 @@ class Client:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        self.engine = get_engine(self.settings.resolved_database_url)
-        self._celery = None
-        self._live: tuple[float, list[WorkerRow]] = (float("-inf"), [])
+        self.ledger = Ledger.for_settings(self.settings)
+        self.dispatcher = Dispatcher(self.settings, self.ledger)
+
+    @property
+    def engine(self) -> Any:
+        """The ledger's database engine (tests and benchmarks read tables through it)."""
+        return self.ledger.engine
 
     @property
     def registry(self) -> Registry:
         return load_registry(self.settings.models_file)
-
-    @property
-    def celery(self):  # type: ignore[no-untyped-def]
-        if self._celery is None:
-            self._celery = create_app(self.settings)
-        return self._celery
 
     # submit ---------------------------------------------------------------------------------
     def submit(
@@ -113,125 +61,58 @@ class Client:
         spec = self.registry.get(model)
         family = family_for(spec.task)
         family.validate_params(params, spec)
-        job_id = str(uuid.uuid4())
-        # One connection for both transactions: a checkout costs a liveness ping on PostgreSQL.
-        with self.engine.connect() as conn:
-            with conn.begin():
-                conn.execute(insert(Job.__table__).values(
-                    id=job_id, task=spec.task, model=model, params=params, priority=priority,
-                    status=JobStatus.QUEUED.value, total_items=0, done_items=0, failed_items=0,
-                    created_at=utcnow()))  # fmt: skip
-                total, bad = self._insert_items(conn, job_id, family, spec, params, items, skip_invalid)
-                chunks = self._insert_chunks(conn, job_id, total)
-                status = JobStatus.FAILED if bad == total else JobStatus.QUEUED
-                conn.execute(update(Job.__table__).where(Job.id == job_id).values(
-                    total_items=total, failed_items=bad, status=status.value,
-                    finished_at=utcnow() if status is JobStatus.FAILED else None))  # fmt: skip
-            if bad < total:
-                self.enqueue(job_id, chunks, priority, model, conn=conn)
-        return job_id
+        job = NewJob(str(uuid.uuid4()), spec.task, model, params, priority, self.settings.chunk_size)
+        checked = self._checked(family, spec, params, items, skip_invalid)
+        self.ledger.create_job(job, checked, lambda chunks: self.dispatcher.send(job.id, chunks, priority, model))
+        return job.id
 
-    def _insert_items(
-        self, conn: Connection, job_id: str, family: Any, spec: Any, params: dict[str, Any],
+    def _checked(
+        self, family: type[TaskFamily], spec: ModelSpec, params: dict[str, Any],
         items: Iterable[str | dict[str, Any]], skip_invalid: bool,
-    ) -> tuple[int, int]:  # fmt: skip
+    ) -> Iterator[NewItem]:  # fmt: skip
+        """Items with their validation errors; after the first error without ``skip_invalid`` it
+        keeps scanning (to report every problem) but yields nothing, then raises the rejection."""
         errors: list[str] = []
-        rows: list[dict[str, Any]] = []
-        total = bad = 0
+        bad = 0
         for index, raw in enumerate(items):
             record = normalise(raw, index)
             error = check_item(family, spec, params, record, index, self.settings)
-            total += 1
             if error:
                 bad += 1
                 if len(errors) < MAX_REPORTED:
                     errors.append(error)
-            if not skip_invalid and errors:
-                continue  # keep scanning to report every problem, write nothing
-            rows.append({"job_id": job_id, "item": index, "attempts": 0, "error": error,
-                         "input": record if isinstance(record, dict) else {},
-                         "status": (ItemStatus.FAILED if error else ItemStatus.PENDING).value})  # fmt: skip
-            if len(rows) >= _INSERT_BATCH:
-                conn.execute(insert(Item.__table__), rows)
-                rows.clear()
+            if skip_invalid or not errors:
+                yield index, record if isinstance(record, dict) else {}, error
         if bad and not skip_invalid:
             raise rejection(errors, bad)
-        if total == 0:
-            raise ValidationError("no items to process: the input is empty")
-        if rows:
-            conn.execute(insert(Item.__table__), rows)
-        return total, bad
 
-    def _insert_chunks(self, conn: Connection, job_id: str, total: int) -> list[int]:
-        size = self.settings.chunk_size
-        rows = [
-            {"job_id": job_id, "idx": n, "start": start, "stop": min(start + size, total),
-             "status": ChunkStatus.QUEUED.value, "deliveries": 0}
-            for n, start in enumerate(range(0, total, size))
-        ]  # fmt: skip
-        conn.execute(insert(Chunk.__table__), rows)
-        return [row["idx"] for row in rows]
-
-    def enqueue(
-        self, job_id: str, chunks: list[int], priority: int, model: str | None = None, conn: Connection | None = None
-    ) -> str:
-        """Send one message per chunk: a reference (job id, chunk index), never the documents.
-
-        The chunks go to the model's own queue while a live worker preloads the model, otherwise
-        to the shared queue; the queue is recorded on each chunk. Returns the queue. ``conn``, if
-        given, must not be inside a transaction.
-        """
-        with nullcontext(conn) if conn is not None else self.engine.connect() as c:
-            if model is None:
-                model = c.execute(select(Job.model).where(Job.id == job_id)).scalar_one()
-                c.rollback()
-            queue = route(model, self._routing_workers(), self.settings.queue)
-            for idx in chunks:
-                self.celery.send_task(PROCESS_CHUNK, args=[job_id, idx], queue=queue, priority=redis_priority(priority))
-            with c.begin():
-                c.execute(update(Chunk.__table__).where(Chunk.job_id == job_id, Chunk.idx.in_(chunks))
-                          .values(enqueued_at=utcnow(), queue=queue))  # fmt: skip
-        return queue
+    def enqueue(self, job_id: str, chunks: list[int], priority: int, model: str | None = None) -> str:
+        """Send these chunks' messages (again) and record the queue; returns it."""
+        return self.dispatcher.enqueue(job_id, chunks, priority, model)
 
     def workers(self) -> list[WorkerRow]:
         """Live workers: fresh heartbeat, not stopped."""
-        found = load_workers(self.engine, self.settings.heartbeat_seconds)
-        self._live = (time.monotonic(), found)
-        return found
-
-    def _routing_workers(self) -> list[WorkerRow]:
-        """The live workers as read at most ``ROUTE_CACHE_S`` ago (reading them again if older)."""
-        read_at, found = self._live
-        return found if time.monotonic() - read_at < ROUTE_CACHE_S else self.workers()
+        return self.dispatcher.workers()
 
     # follow ---------------------------------------------------------------------------------
     def status(self, job_id: str, explain: bool = True) -> JobInfo:
         """The job's row; with ``explain``, also why its queued chunks may not be picked up
         (two more queries, which progress polling skips)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(Job.__table__).where(Job.id == job_id)).one_or_none()
-        if row is None:
+        info = self.ledger.job(job_id)
+        if info is None:
             raise JobNotFoundError(f"no job {job_id!r}; `sluice jobs` lists recent ones")
-        status = JobStatus(row.status)
-        return JobInfo(
-            id=row.id, model=row.model, task=row.task, status=status, priority=row.priority,
-            total=row.total_items, done=row.done_items, failed=row.failed_items, created_at=row.created_at,
-            started_at=row.started_at, finished_at=row.finished_at,
-            waiting_reason=None if status.terminal or not explain else self._waiting_reason(job_id, row.model),
-        )  # fmt: skip
+        if explain and not info.status.terminal:
+            info.waiting_reason = self._waiting_reason(job_id, info.model)
+        return info
 
     def _waiting_reason(self, job_id: str, model: str) -> str | None:
         """Whether any live worker reads the queues this job's queued chunks were sent to."""
-        with self.engine.connect() as conn:
-            queues = set(conn.execute(select(Chunk.queue).distinct().where(
-                Chunk.job_id == job_id, Chunk.status == ChunkStatus.QUEUED.value)).scalars())  # fmt: skip
+        queues = self.ledger.queued_chunk_queues(job_id)
         return waiting_reason(model, queues, self.workers(), self.settings.queue) if queues else None
 
     def item_counts(self, job_id: str) -> dict[str, int]:
         """Items per status, counted from the item rows themselves."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status))
-            return {status: n for status, n in rows}
+        return self.ledger.item_counts(job_id)
 
     def wait(self, job_id: str, timeout: float | None = None, progress: bool = False, poll_s: float = 0.5) -> JobInfo:
         """Poll the database until the job ends; optionally draw a progress bar."""
@@ -261,33 +142,13 @@ class Client:
     def cancel(self, job_id: str) -> bool:
         """Mark a job cancelled; workers check before each batch. False if it had already ended."""
         self.status(job_id, explain=False)
-        with self.engine.begin() as conn:
-            res = conn.execute(update(Job.__table__).where(
-                Job.id == job_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
-            ).values(status=JobStatus.CANCELLED.value, finished_at=utcnow()))  # fmt: skip
-        return bool(res.rowcount)
+        return self.ledger.cancel(job_id)
 
     def jobs(self, limit: int = 20) -> list[JobInfo]:
-        with self.engine.connect() as conn:
-            ids = conn.execute(select(Job.id).order_by(Job.created_at.desc()).limit(limit)).scalars().all()
-        return [self.status(i, explain=False) for i in ids]
+        """The most recent jobs, newest first."""
+        return self.ledger.recent_jobs(limit)
 
     def results(self, job_id: str, include_input: bool = False) -> Iterator[dict[str, Any]]:
         """One row per item, in input order, streamed from the database."""
         self.status(job_id, explain=False)
-        t = Item.__table__
-        cols = [t.c.item, t.c.status, t.c.label, t.c.score, t.c.output, t.c.embedding, t.c.error]
-        if include_input:
-            cols.append(t.c.input)
-        query = select(*cols).where(t.c.job_id == job_id).order_by(t.c.item)
-        with self.engine.connect().execution_options(yield_per=1000) as conn:
-            for row in conn.execute(query):
-                out = {
-                    "item": row.item, "status": row.status, "label": row.label, "score": row.score,
-                    "output": row.output, "error": row.error,
-                }  # fmt: skip
-                if row.embedding is not None:
-                    out["embedding"] = np.frombuffer(row.embedding, dtype="<f4").tolist()
-                if include_input:
-                    out["input"] = row.input
-                yield out
+        return self.ledger.results(job_id, include_input)

@@ -2,8 +2,10 @@
 
 Settings follow the shared notes on running models under Celery: JSON only, late acks with
 redelivery of work from lost workers, prefetch of one message, no result backend (results go
-to SQL), Redis priority queues. ``app`` resolves its broker when first configured, so importing
-this module neither starts nor contacts Redis; ``celery -A sluice.celery_app flower`` works.
+to SQL), Redis priority queues. Workers and producers build their app from the Settings they are
+given (:func:`create_app`); the module-level ``app`` exists only for the ``celery`` command line
+(``celery -A sluice.celery_app flower``) and reads the environment when first configured, so
+importing this module neither starts nor contacts Redis.
 """
 
 from __future__ import annotations

@@ -94,17 +94,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     from producer.client import Client
+    from sluice.ledger import RESULT_COLUMNS, csv_cells
 
     rows = Client(settings).results(args.job)
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
     try:
         if args.format == "csv":
             writer = csv.writer(out)
-            writer.writerow(["item", "status", "label", "score", "output", "error"])
-            for r in rows:
-                output = r["output"] if "embedding" not in r else {"embedding": r["embedding"]}
-                writer.writerow([r["item"], r["status"], r["label"] or "", "" if r["score"] is None else r["score"],
-                                 "" if output is None else json.dumps(output), r["error"] or ""])  # fmt: skip
+            writer.writerow(RESULT_COLUMNS)
+            writer.writerows(csv_cells(r) for r in rows)
         else:
             for r in rows:
                 out.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -140,10 +138,10 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
-    from sluice.db import get_engine
-    from sluice.routing import describe_worker, load_workers
+    from sluice.ledger import Ledger
+    from sluice.routing import describe_worker
 
-    rows = load_workers(get_engine(settings.resolved_database_url), settings.heartbeat_seconds, args.all)
+    rows = Ledger.for_settings(settings).load_workers(include_stale=args.all)
     if args.check:
         # A health check: the heartbeat thread reports even mid-chunk, when a solo-pool worker
         # cannot answer a Celery ping.
@@ -158,12 +156,15 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from producer.reconcile import reconcile, reconcile_every
+    from sluice.dispatch import Dispatcher
+    from sluice.ledger import Ledger
+    from sluice.recovery import reconcile, reconcile_every
 
+    dispatcher = Dispatcher(settings, Ledger.for_settings(settings))
     if args.every:
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        reconcile_every(settings, args.every)
-    print(f"re-enqueued {reconcile(settings, include_queued=args.include_queued)} chunk(s)")
+        reconcile_every(dispatcher, args.every)
+    print(f"re-enqueued {reconcile(dispatcher, include_queued=args.include_queued)} chunk(s)")
     return 0
 
 

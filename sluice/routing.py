@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
-
-from sluice.db import Worker, as_utc, utcnow
+from sluice.clock import as_utc, utcnow
+from sluice.sizes import format_size
 from sluice.status import WorkerStatus
 
 STALE_AFTER_BEATS = 3  # a worker that missed this many heartbeats is presumed gone
@@ -57,23 +55,6 @@ class WorkerRow:
     @property
     def memory_used(self) -> int:
         return sum(int(m.get("bytes") or 0) for m in self.models)
-
-
-def load_workers(engine: Engine, heartbeat_seconds: float, include_stale: bool = False) -> list[WorkerRow]:
-    """Workers by hostname; only live ones (fresh heartbeat, not stopped) unless ``include_stale``."""
-    cutoff = utcnow() - timedelta(seconds=STALE_AFTER_BEATS * heartbeat_seconds)
-    with engine.connect() as conn:
-        rows = conn.execute(select(Worker.__table__).order_by(Worker.hostname)).all()
-    found = []
-    for r in rows:
-        status, beat = WorkerStatus(r.status), as_utc(r.heartbeat_at)
-        live = status is not WorkerStatus.STOPPED and beat >= cutoff
-        if live or include_stale:
-            found.append(WorkerRow(
-                r.hostname, r.pid, r.device, tuple(r.queues or ()), tuple(r.models or ()), tuple(r.evictions or ()),
-                r.memory_budget, status, as_utc(r.started_at), beat, live,
-            ))  # fmt: skip
-    return found
 
 
 def consumed(workers: Iterable[WorkerRow]) -> set[str]:
@@ -118,8 +99,6 @@ def _ago(stamp: str | datetime | None) -> str:
 
 def describe_worker(w: WorkerRow) -> str:
     """Several lines about one worker, as ``sluice workers`` prints them."""
-    from sluice.sizes import format_size
-
     state = w.status.value if w.live or w.status is WorkerStatus.STOPPED else f"stale (last {w.status.value})"
     budget = format_size(w.memory_budget) if w.memory_budget else "no limit"
     lines = [

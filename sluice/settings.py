@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sluice.sizes import parse_size
 
@@ -78,6 +80,10 @@ class Settings(BaseSettings):
     worker_stop_timeout: float = Field(
         600, gt=0, description="Seconds `sluice worker --gpus` waits for in-flight chunks on stop before SIGKILL."
     )
+    hooks: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Worker hook classes (worker.hooks.Hooks subclasses) by dotted path: JSON list or comma-separated.",
+    )
     flower_basic_auth: SecretStr | None = Field(
         None, description="`user:password[,user2:password2]` that `sluice flower` requires; never a default."
     )
@@ -87,6 +93,15 @@ class Settings(BaseSettings):
     def _size(cls, value: object) -> object:
         # SLUICE_MAX_MODEL_MEMORY=2GB reads like the --max-model-memory option.
         return parse_size(value) if isinstance(value, str) and value.strip() else value
+
+    @field_validator("hooks", mode="before")
+    @classmethod
+    def _dotted_paths(cls, value: object) -> object:
+        # SLUICE_HOOKS=a.b:C,d.e:F reads as well as a JSON list.
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        return value
 
     def batch_tokens(self, device: str) -> int:
         """``max_batch_tokens``, or the default for ``device``: CPU matmuls run best on small

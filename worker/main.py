@@ -3,6 +3,7 @@
 The worker consumes the queue of each model it preloads plus the shared queue (jobs for models
 nobody preloads, loaded on demand within ``--max-model-memory``), and keeps its row in the
 ``workers`` table current so producers can route to it and ``sluice workers`` can show it.
+Everything it uses (the Celery app included) is built from the ``Settings`` passed in.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import logging
 import socket
 from typing import Any
 
-from sluice.celery_app import app
+from sluice.celery_app import create_app
+from sluice.dispatch import Dispatcher
 from sluice.routing import worker_queues
 from sluice.settings import Settings
 from sluice.status import WorkerStatus
@@ -27,18 +29,20 @@ def run_worker(
 ) -> None:
     from celery.signals import worker_ready
 
-    from producer.reconcile import reclaim_own
+    from sluice.recovery import reclaim_own
+    from worker import tasks
+    from worker.hooks import load_hooks
     from worker.presence import Presence
     from worker.runtime import WorkerRuntime, configure_threads
 
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configure_threads(settings)
-    import worker.tasks  # registers the task with the app
-
+    app = create_app(settings)
     node = hostname or f"{device.replace(':', '')}@{socket.gethostname()}"
     queues = queues or worker_queues(settings.queue, models)
-    runtime = WorkerRuntime(settings, device=device, hostname=node)
-    presence = Presence(settings.resolved_database_url, node, runtime.device, queues, settings.max_model_memory,
+    hooks = load_hooks(settings)
+    runtime = WorkerRuntime(settings, device=device, hostname=node, hooks=hooks)
+    presence = Presence(runtime.ledger, node, runtime.device, queues, settings.max_model_memory,
                         settings.heartbeat_seconds, runtime.pool.snapshot)  # fmt: skip
     runtime.pool.on_change = presence.report
 
@@ -48,11 +52,12 @@ def run_worker(
     worker_ready.connect(ready, weak=False)
     # A node restarted under the same name (by the supervisor or Compose) gets back at once the
     # chunks its killed predecessor held, instead of after the lease or visibility timeout.
-    reclaim_own(settings, node)
+    reclaim_own(Dispatcher(settings, runtime.ledger, app), node)
     presence.start()
     try:
         runtime.preload(models)
-        worker.tasks.init_runtime(runtime)
+        tasks.register(app, runtime)
+        hooks.worker_started(node, runtime.device, queues)
         # Solo pool: the process that loaded the models is the one that runs tasks (no fork, no
         # per-child model copies); concurrency comes from one worker process per device.
         app.worker_main(
@@ -68,4 +73,5 @@ def run_worker(
             ]
         )
     finally:
+        hooks.worker_stopping(node)
         presence.stop()

@@ -14,14 +14,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import insert, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
-from sluice.db import Worker, get_engine, utcnow
+from sluice.clock import utcnow
+from sluice.ledger import Ledger
 from sluice.status import WorkerStatus
 
 log = logging.getLogger("sluice.worker")
-_workers = Worker.__table__
 
 Snapshot = Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
 
@@ -30,10 +27,10 @@ class Presence:
     """Reports one worker process; :meth:`report` is safe from the task thread and the heartbeat."""
 
     def __init__(
-        self, database_url: str, hostname: str, device: str, queues: list[str], budget: int | None,
+        self, ledger: Ledger, hostname: str, device: str, queues: list[str], budget: int | None,
         heartbeat_seconds: float, snapshot: Snapshot,
     ) -> None:  # fmt: skip
-        self.engine = get_engine(database_url)
+        self.ledger = ledger
         self.hostname = hostname
         self.static = {"pid": os.getpid(), "device": device, "queues": list(queues), "memory_budget": budget,
                        "started_at": utcnow()}  # fmt: skip
@@ -65,20 +62,9 @@ class Presence:
             values = {**self.static, "models": models, "evictions": evictions, "status": self.status.value,
                       "heartbeat_at": utcnow()}  # fmt: skip
             try:
-                self._upsert(values)
-            except SQLAlchemyError as exc:  # a database blip must not take the worker down
+                self.ledger.upsert_worker(self.hostname, values)
+            except Exception as exc:  # a database blip must not take the worker down
                 log.warning("could not report worker %s: %s", self.hostname, exc)
-
-    def _upsert(self, values: dict[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            if conn.execute(update(_workers).where(_workers.c.hostname == self.hostname).values(**values)).rowcount:
-                return
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(_workers).values(hostname=self.hostname, **values))
-        except IntegrityError:  # inserted meanwhile by another writer of this row
-            with self.engine.begin() as conn:
-                conn.execute(update(_workers).where(_workers.c.hostname == self.hostname).values(**values))
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from sluice.families.base import ItemResult
+from sluice.ledger import Claim, Ledger
 from sluice.registry import load_registry
 from sluice.settings import Settings
 from worker.engine import BatchStats, Engine, shared_budget
-from sluice.families.base import ItemResult
+from worker.hooks import Hooks
 from worker.residency import ModelPool
-from worker.store import Claim, Store
 from worker.writer import ResultWriter
 
 log = logging.getLogger("sluice.worker")
@@ -59,12 +60,17 @@ class ChunkReport:
 class WorkerRuntime:
     """Everything a worker process holds between tasks."""
 
-    def __init__(self, settings: Settings, device: str | None = None, hostname: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, device: str | None = None, hostname: str | None = None, hooks: Hooks | None = None
+    ) -> None:
         self.settings = settings
         self.device = device or settings.device
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
-        self.store = Store(settings.resolved_database_url, settings.max_attempts, settings.lease_seconds)
-        self.pool = ModelPool(load_registry(settings.models_file), self.device, budget=settings.max_model_memory)
+        self.ledger = Ledger.for_settings(settings)
+        self.hooks = hooks or Hooks(settings)
+        self.pool = ModelPool(
+            load_registry(settings.models_file), self.device, budget=settings.max_model_memory, settings=settings
+        )
         self._closed: dict[tuple[str, int], None] = {}  # insertion-ordered set
 
     def preload(self, names: list[str]) -> None:
@@ -76,16 +82,19 @@ class WorkerRuntime:
         if (job_id, idx) in self._closed:
             del self._closed[job_id, idx]
             return ChunkReport(skipped=True)
-        claim = self.store.claim(job_id, idx, worker=self.hostname)
+        claim = self.ledger.claim(job_id, idx, worker=self.hostname)
         if claim is None:
             return ChunkReport(skipped=True)
         claims = [claim, *self._coalesce(claim)]
+        self.hooks.chunk_claimed(claims)
         try:
             report = self._run(claims)
-        except Exception:
+        except Exception as exc:
             self._release(claims)
+            self.hooks.chunk_failed(claims, exc)
             raise
-        self._remember(self.store.close_all(claims))
+        self._remember(self.ledger.close_all(claims))
+        self.hooks.chunk_closed(claims, report.stats or BatchStats())
         return report
 
     def _remember(self, closed: list[tuple[str, int]]) -> None:
@@ -98,7 +107,7 @@ class WorkerRuntime:
         if the database is down too, their leases expire and ``sluice reconcile`` resends them."""
         for c in claims:
             try:
-                self.store.release(c.job_id, c.idx, c.lease)
+                self.ledger.release(c.job_id, c.idx, c.lease)
             except Exception as exc:
                 log.warning("could not release chunk %s/%s: %s", c.job_id, c.idx, exc)
 
@@ -115,7 +124,7 @@ class WorkerRuntime:
         room = self.settings.chunk_size - len(claim.items)
         if not self.settings.coalesce_chunks or room <= 0:
             return []
-        return self.store.claim_queued(
+        return self.ledger.claim_queued(
             claim.model, (claim.job_id, claim.idx), self.settings.coalesce_chunks, room, worker=self.hostname
         )
 
@@ -127,7 +136,8 @@ class WorkerRuntime:
         """
         totals = BatchStats()
         report = ChunkReport(stats=totals)
-        family = self.pool.get(claims[0].model)
+        model = claims[0].model
+        family = self.pool.get(model)
         s = self.settings
         tokens = s.batch_tokens(self.device)
         budget = shared_budget(family, tokens, s.oom_min_batch_tokens, s.oom_recover_batches)
@@ -140,7 +150,8 @@ class WorkerRuntime:
             for item, fields in c.items:
                 items.append((len(keys), {**c.params, **fields}))
                 keys.append((c.job_id, item))
-        with ResultWriter(self.store, self.hostname, claims[0].job_id) as writer, closing(engine.run(items)) as run:
+        writer = ResultWriter(self.ledger, self.hostname, claims[0].job_id, self.hooks, model)
+        with writer, closing(engine.run(items)) as run:
             for results, stats in run:
                 by_job: dict[str, list[ItemResult]] = {}
                 for r in results:
@@ -148,8 +159,9 @@ class WorkerRuntime:
                     by_job.setdefault(job_id, []).append(r)
                 writer.put(by_job)
                 totals.add(stats)
+                self.hooks.batch_finished(model, stats, len(results))
                 if writer.cancelled:
                     break
         report.written, report.failed = writer.written, writer.failed
-        self.pool.record(claims[0].model, totals)
+        self.pool.record(model, totals)
         return report

@@ -1,33 +1,31 @@
 """Celery glue: the one task that turns a chunk message into stored results.
 
-Messages carry references (job id, chunk index), never documents. The runtime is created once
-per worker process by :func:`init_runtime` before the worker starts consuming.
+Messages carry references (job id, chunk index), never documents. :func:`register` binds the
+task to the worker's own Celery app (built from the worker's settings) and to the process's
+runtime, so nothing here is a module global.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Protocol
 
+from celery import Celery
 from celery.exceptions import Reject
 
-from sluice.celery_app import PROCESS_CHUNK, app
-from worker.runtime import WorkerRuntime
+from sluice.celery_app import PROCESS_CHUNK
 
 log = logging.getLogger("sluice.worker")
-_runtime: WorkerRuntime | None = None
 
 
-def init_runtime(runtime: WorkerRuntime) -> None:
-    global _runtime
-    _runtime = runtime
+class ChunkRunner(Protocol):
+    def process_chunk(self, job_id: str, idx: int) -> Any: ...
 
 
-@app.task(name=PROCESS_CHUNK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def process_chunk(job_id: str, idx: int) -> dict[str, object]:
-    if _runtime is None:
-        raise RuntimeError("worker runtime not initialised; start workers with `sluice worker`")
+def run_chunk(runtime: ChunkRunner, job_id: str, idx: int) -> dict[str, object]:
+    """Run one chunk message; a failure rejects it with requeue instead of acking it as done."""
     try:
-        report = _runtime.process_chunk(job_id, idx)
+        report = runtime.process_chunk(job_id, idx)
     except Exception as exc:
         # Celery acks a failed task; requeue instead, so a transient failure (a commit that did not
         # go through) is retried at once. The delivery counter bounds a chunk that always fails.
@@ -43,3 +41,13 @@ def process_chunk(job_id: str, idx: int) -> dict[str, object]:
         f", padding efficiency {stats.padding_efficiency:.2f}" if stats and stats.features else "",
     )  # fmt: skip
     return {"written": report.written, "failed": report.failed, "skipped": report.skipped}
+
+
+def register(app: Celery, runtime: ChunkRunner) -> Any:
+    """Register the chunk task on ``app``, running on ``runtime``; returns the task."""
+
+    @app.task(name=PROCESS_CHUNK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def process_chunk(job_id: str, idx: int) -> dict[str, object]:
+        return run_chunk(runtime, job_id, idx)
+
+    return process_chunk

@@ -15,7 +15,8 @@ import threading
 from types import TracebackType
 
 from sluice.families.base import ItemResult
-from worker.store import Store
+from sluice.ledger import Ledger
+from worker.hooks import Hooks
 
 log = logging.getLogger("sluice.worker")
 
@@ -30,8 +31,12 @@ class ResultWriter:
     on the forward-pass thread either; :attr:`cancelled` is what it last saw.
     """
 
-    def __init__(self, store: Store, worker: str | None, watch_job: str, depth: int = QUEUE_DEPTH) -> None:
-        self.store = store
+    def __init__(
+        self, ledger: Ledger, worker: str | None, watch_job: str, hooks: Hooks, model: str, depth: int = QUEUE_DEPTH
+    ) -> None:
+        self.ledger = ledger
+        self.hooks = hooks
+        self.model = model
         self.worker = worker
         self.watch_job = watch_job
         self.written = 0
@@ -66,9 +71,16 @@ class ResultWriter:
                 continue  # keep draining so that put() never blocks on a dead writer
             try:
                 if results:
-                    done, failed = self.store.write_results(results, self.worker)
-                    self.written += done
-                    self.failed += failed
-                self.cancelled = self.store.is_cancelled(self.watch_job)
+                    written = self.ledger.write_results(results, self.worker)
+                    self.written += written.done
+                    self.failed += written.failed
+                    self._announce(written.by_job, written.finished_jobs)
+                self.cancelled = self.ledger.is_cancelled(self.watch_job)
             except BaseException as exc:  # handed to the caller's thread, which fails the task
                 self._error = exc
+
+    def _announce(self, by_job: dict[str, tuple[int, int]], finished: list[str]) -> None:
+        if by_job:
+            self.hooks.results_committed(self.model, by_job)
+        if finished:
+            self.hooks.job_finished(finished)

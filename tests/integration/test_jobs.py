@@ -55,7 +55,7 @@ def test_single_document_jobs_share_forward_passes_exactly_once(stack: Stack) ->
     texts = mixed_texts(40, seed=3)
     held = Client(stack.settings)
     sends: list[tuple[str, list[int], int, str | None]] = []
-    held.enqueue = lambda job_id, chunks, priority, model=None, **_: sends.append((job_id, chunks, priority, model))  # type: ignore[method-assign,assignment,misc]
+    held.dispatcher.send = lambda job_id, chunks, priority, model: sends.append((job_id, chunks, priority, model))  # type: ignore[method-assign,assignment,misc,func-returns-value]
     jobs = [held.submit("minilm", [t]) for t in texts]
     for send in sends:
         stack.client.enqueue(*send)

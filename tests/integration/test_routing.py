@@ -24,9 +24,10 @@ from sqlalchemy import func, select
 from producer.client import Client
 from sluice import migrate
 from sluice.celery_app import create_app
-from sluice.db import Chunk, Item, as_utc, get_engine
+from sluice.db import Chunk, Item, as_utc
+from sluice.ledger import Ledger
 from sluice.process import spawn, stop_worker, wait_for_worker, worker_command
-from sluice.routing import WorkerRow, load_workers
+from sluice.routing import WorkerRow
 from sluice.settings import Settings
 from sluice.status import JobStatus, WorkerStatus
 from tests.conftest import make_settings, settings_env
@@ -49,7 +50,7 @@ class Fleet:
         return Client(self.settings.model_copy(update=update))
 
     def row(self, name: str) -> WorkerRow:
-        rows = load_workers(get_engine(self.settings.resolved_database_url), 10, include_stale=True)
+        rows = Ledger(self.settings.resolved_database_url).load_workers(include_stale=True)
         return next(r for r in rows if r.hostname == self.hosts[name])
 
 

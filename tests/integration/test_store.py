@@ -12,14 +12,14 @@ import pytest
 from sqlalchemy import event, insert, select, update
 
 from producer.client import Client
-from producer.reconcile import reclaim_own, reconcile, stale_chunks
 from sluice import migrate
 from sluice.db import Chunk, Worker, get_engine, utcnow
+from sluice.families.base import ItemResult
+from sluice.ledger import Ledger
+from sluice.recovery import reclaim_own, reconcile, stale_chunks
 from sluice.status import JobStatus, WorkerStatus
 from tests.conftest import make_settings
-from sluice.families.base import ItemResult
 from worker.runtime import WorkerRuntime
-from worker.store import Store
 
 
 @pytest.fixture
@@ -27,16 +27,16 @@ def client(fresh_database_url: str, broker_url: str, tmp_path: Path) -> Client:
     settings = make_settings(fresh_database_url, broker_url, tmp_path, chunk_size=4, max_attempts=2)
     migrate.upgrade(settings)
     client = Client(settings)
-    client.enqueue = lambda *a, **k: None  # type: ignore[method-assign]  # no worker here: keep Redis clean
+    client.dispatcher.send = lambda *a, **k: None  # type: ignore[method-assign]  # no worker here: keep Redis clean
     return client
 
 
 def test_redelivered_chunk_writes_and_counts_nothing_twice(client: Client) -> None:
     job = client.submit("minilm", [f"doc {i}" for i in range(6)])
-    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    store = Ledger(client.settings.resolved_database_url, max_attempts=5)
     first = store.claim(job, 0)
     assert store.claim(job, 0) is None  # leased and fresh: a duplicate message does no work
-    expired = Store(client.settings.resolved_database_url, max_attempts=5, lease_seconds=0)
+    expired = Ledger(client.settings.resolved_database_url, max_attempts=5, lease_seconds=0)
     second = expired.claim(job, 0)  # a redelivery after the first worker's lease ran out
     assert first and second and [i for i, _ in first.items] == [0, 1, 2, 3]
     results = [ItemResult(item=i, label="x", score=0.5) for i in range(4)]
@@ -58,7 +58,7 @@ def test_one_write_spans_jobs_and_outcomes_and_counts_only_pending_rows(client: 
     """PostgreSQL writes a batch in one UPDATE ... FROM unnest(...): values, counts and idempotence."""
     a = client.submit("minilm", ["a0", "a1", "a2"])
     b = client.submit("minilm", ["b0", "b1"])
-    store = Store(client.settings.resolved_database_url, max_attempts=3)
+    store = Ledger(client.settings.resolved_database_url, max_attempts=3)
     vector = np.arange(384, dtype=np.float32) / 7
     batch = {
         a: [ItemResult(item=0, embedding=vector, n_tokens=np.int64(5), compute_ms=1.5),
@@ -83,7 +83,7 @@ def test_one_write_spans_jobs_and_outcomes_and_counts_only_pending_rows(client: 
 def test_a_label_longer_than_the_column_is_cut_not_fatal_to_the_batch(client: Client) -> None:
     """A 300-character candidate label must not make PostgreSQL refuse the batch's write."""
     job = client.submit("minilm", ["a", "b"])
-    store = Store(client.settings.resolved_database_url, max_attempts=3)
+    store = Ledger(client.settings.resolved_database_url, max_attempts=3)
     long = "é" * 300
     results = [ItemResult(item=0, label=long, score=0.5, output={"label": long}), ItemResult(item=1, label="ok")]
     assert store.write_results({job: results}, "w1") == (2, 0)
@@ -93,7 +93,7 @@ def test_a_label_longer_than_the_column_is_cut_not_fatal_to_the_batch(client: Cl
 
 def test_poison_chunk_is_dead_lettered_after_max_attempts(client: Client) -> None:
     job = client.submit("minilm", ["a", "b"])
-    store = Store(client.settings.resolved_database_url, max_attempts=2, lease_seconds=0)
+    store = Ledger(client.settings.resolved_database_url, max_attempts=2, lease_seconds=0)
     assert store.claim(job, 0) is not None
     assert store.claim(job, 0) is not None  # the first worker died: its lease expired
     assert store.claim(job, 0) is None  # third delivery: the items fail instead
@@ -109,7 +109,7 @@ def test_queued_chunks_of_the_same_model_are_coalesced_most_urgent_first(client:
     other = client.submit("minilm-topics", ["c"], params={"candidate_labels": ["x"]})
     big = client.submit("minilm", [f"e{i}" for i in range(6)])  # chunks of 4 and 2 items
     mine = client.submit("minilm", ["d"])
-    store = Store(client.settings.resolved_database_url, 3)
+    store = Ledger(client.settings.resolved_database_url, 3)
     assert store.claim(mine, 0) is not None
     taken = store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=5, worker="w@host")
     # Most urgent first, first fit: big's 4-item chunk 0 would overflow 5 items, its chunk 1 fits.
@@ -123,13 +123,13 @@ def test_queued_chunks_of_the_same_model_are_coalesced_most_urgent_first(client:
     assert other not in {c.job_id for c in taken + again}
     assert client.status(high).status is JobStatus.RUNNING
     assert sorted(store.close_all(taken + again)) == sorted((c.job_id, c.idx) for c in taken + again)
-    expired = Store(client.settings.resolved_database_url, 3, lease_seconds=0)
+    expired = Ledger(client.settings.resolved_database_url, 3, lease_seconds=0)
     assert expired.claim(high, 0) is None  # done, not merely leased
 
 
 def test_close_all_names_only_chunks_whose_lease_still_held(client: Client) -> None:
     jobs = [client.submit("minilm", [f"doc {i}"]) for i in range(3)]
-    early = Store(client.settings.resolved_database_url, 3, lease_seconds=0)
+    early = Ledger(client.settings.resolved_database_url, 3, lease_seconds=0)
     first = early.claim(jobs[0], 0)
     shared = early.claim_queued("minilm", (jobs[0], 0), max_chunks=10, max_items=10)
     assert first and [c.job_id for c in shared] == jobs[1:]
@@ -150,12 +150,12 @@ def test_runtime_acks_the_messages_of_chunks_it_closed_without_a_database_read(c
     def count(conn: object, cursor: object, statement: str, *rest: object) -> None:
         statements.append(statement)
 
-    event.listen(runtime.store.engine, "before_cursor_execute", count)
+    event.listen(runtime.ledger.engine, "before_cursor_execute", count)
     try:
         assert runtime.process_chunk(jobs[1], 0).skipped and not statements
         assert runtime.process_chunk(jobs[1], 0).skipped and statements  # a resent message: read again
     finally:
-        event.remove(runtime.store.engine, "before_cursor_execute", count)
+        event.remove(runtime.ledger.engine, "before_cursor_execute", count)
     with client.engine.connect() as conn:
         deliveries = conn.execute(select(Chunk.deliveries).where(Chunk.job_id.in_(jobs))).scalars().all()
     assert deliveries == [1, 1, 1]
@@ -167,7 +167,7 @@ def test_coalescing_dead_letters_a_chunk_past_its_attempts(client: Client) -> No
     engine = get_engine(client.settings.resolved_database_url)
     with engine.begin() as conn:  # delivered twice already (max_attempts=2 here), never finished
         conn.execute(update(Chunk.__table__).where(Chunk.job_id == poison).values(deliveries=2))
-    store = Store(client.settings.resolved_database_url, max_attempts=2)
+    store = Ledger(client.settings.resolved_database_url, max_attempts=2)
     assert store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=10) == []
     info = client.status(poison)
     assert (info.failed, info.status) == (1, JobStatus.FAILED)
@@ -176,24 +176,24 @@ def test_coalescing_dead_letters_a_chunk_past_its_attempts(client: Client) -> No
 def test_cancelled_job_is_not_claimed(client: Client) -> None:
     job = client.submit("minilm", ["a"])
     assert client.cancel(job)
-    assert Store(client.settings.resolved_database_url, 3).claim(job, 0) is None
+    assert Ledger(client.settings.resolved_database_url, 3).claim(job, 0) is None
     assert not client.cancel(job)
 
 
 def test_reconcile_finds_expired_leases_and_unsent_chunks(client: Client) -> None:
     job = client.submit("minilm", [str(i) for i in range(10)])  # chunks 0, 1, 2; never enqueued here
-    assert stale_chunks(client)[(job, 0)] == [0, 1, 2]
+    assert stale_chunks(client.dispatcher)[(job, 0)] == [0, 1, 2]
     engine = get_engine(client.settings.resolved_database_url)
     with engine.begin() as conn:
         conn.execute(update(Chunk.__table__).where(Chunk.job_id == job).values(enqueued_at=utcnow()))
-    assert job not in {j for j, _ in stale_chunks(client)}
-    store = Store(client.settings.resolved_database_url, 3)
+    assert job not in {j for j, _ in stale_chunks(client.dispatcher)}
+    store = Ledger(client.settings.resolved_database_url, 3)
     store.claim(job, 1)
     long_ago = utcnow() - timedelta(seconds=client.settings.lease_seconds + 1)
     with engine.begin() as conn:
         conn.execute(update(Chunk.__table__).where(Chunk.job_id == job, Chunk.idx == 1).values(leased_at=long_ago))
-    assert stale_chunks(client)[(job, 0)] == [1]
-    assert stale_chunks(client, include_queued=True)[(job, 0)] == [0, 1, 2]
+    assert stale_chunks(client.dispatcher)[(job, 0)] == [1]
+    assert stale_chunks(client.dispatcher, include_queued=True)[(job, 0)] == [0, 1, 2]
 
 
 def _worker_row(client: Client, hostname: str, pid: int, beat_age_s: float) -> None:
@@ -206,20 +206,20 @@ def _worker_row(client: Client, hostname: str, pid: int, beat_age_s: float) -> N
 
 def _sent(client: Client) -> list[tuple[str, list[int]]]:
     sent: list[tuple[str, list[int]]] = []
-    client.enqueue = lambda job, chunks, *a, **k: sent.append((job, list(chunks)))  # type: ignore[method-assign]
+    client.dispatcher.enqueue = lambda job, chunks, *a, **k: sent.append((job, list(chunks)))  # type: ignore[method-assign]
     return sent
 
 
 def test_chunks_of_a_gone_worker_are_requeued_at_once(client: Client) -> None:
     job = client.submit("minilm", [f"doc {i}" for i in range(8)])
-    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    store = Ledger(client.settings.resolved_database_url, max_attempts=5)
     assert store.claim(job, 0, worker="ghost@host") and store.claim(job, 1, worker="alive@host")
     _worker_row(client, "ghost@host", pid=1, beat_age_s=3600)  # heartbeat long stale: gone
     _worker_row(client, "alive@host", pid=1, beat_age_s=0)
     with get_engine(client.settings.resolved_database_url).begin() as conn:
         conn.execute(update(Chunk).values(enqueued_at=utcnow()))  # as if sent: only the lease matters here
     sent = _sent(client)
-    assert reconcile(client.settings, client=client) == 1  # the lease is fresh, but its holder is gone
+    assert reconcile(client.dispatcher) == 1  # the lease is fresh, but its holder is gone
     assert sent == [(job, [0])]
     again = store.claim(job, 0, worker="alive@host")  # no lease left: the next delivery takes it
     assert again is not None and [i for i, _ in again.items] == [0, 1, 2, 3]
@@ -228,20 +228,20 @@ def test_chunks_of_a_gone_worker_are_requeued_at_once(client: Client) -> None:
 
 def test_a_restarted_worker_reclaims_what_its_predecessor_held(client: Client) -> None:
     job = client.submit("minilm", [f"doc {i}" for i in range(8)])
-    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    store = Ledger(client.settings.resolved_database_url, max_attempts=5)
     assert store.claim(job, 0, worker="gpu1@host")
     _worker_row(client, "gpu1@host", pid=_dead_pid(), beat_age_s=0)  # killed a moment ago: heartbeat still fresh
     sent = _sent(client)
-    assert reclaim_own(client.settings, "gpu1@host", client) == 1 and sent == [(job, [0])]
+    assert reclaim_own(client.dispatcher, "gpu1@host") == 1 and sent == [(job, [0])]
 
 
 def test_no_reclaim_from_another_live_process_with_the_same_name(client: Client) -> None:
     job = client.submit("minilm", [f"doc {i}" for i in range(8)])
-    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    store = Ledger(client.settings.resolved_database_url, max_attempts=5)
     assert store.claim(job, 0, worker="gpu0@host")
     _worker_row(client, "gpu0@host", pid=os.getppid(), beat_age_s=0)  # a live process that is not us
     sent = _sent(client)
-    assert reclaim_own(client.settings, "gpu0@host", client) == 0 and sent == []
+    assert reclaim_own(client.dispatcher, "gpu0@host") == 0 and sent == []
 
 
 def _dead_pid() -> int:
@@ -253,7 +253,7 @@ def _dead_pid() -> int:
 
 def test_a_failed_run_releases_its_chunk_for_redelivery(client: Client) -> None:
     job = client.submit("minilm", [f"doc {i}" for i in range(8)])
-    store = Store(client.settings.resolved_database_url, max_attempts=5)
+    store = Ledger(client.settings.resolved_database_url, max_attempts=5)
     claim = store.claim(job, 0, worker="w@host")
     assert claim and store.claim(job, 0) is None  # leased
     assert not store.release(job, 0, "someone else's lease")

@@ -15,9 +15,8 @@ class Failing:
         raise OSError("database went away")
 
 
-def test_a_failed_chunk_is_rejected_with_requeue(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker.tasks, "_runtime", Failing())
+def test_a_failed_chunk_is_rejected_with_requeue() -> None:
     with pytest.raises(Reject) as info:
-        worker.tasks.process_chunk("job", 3)
+        worker.tasks.run_chunk(Failing(), "job", 3)
     assert info.value.requeue is True
     assert "OSError: database went away" in str(info.value.reason)

@@ -7,6 +7,9 @@ import threading
 import pytest
 
 from sluice.families.base import ItemResult
+from sluice.ledger import Written
+from sluice.settings import Settings
+from worker.hooks import Hooks
 from worker.writer import ResultWriter
 
 
@@ -20,13 +23,13 @@ class FakeStore:
         self.fail_on = fail_on
         self.cancel_after = cancel_after
 
-    def write_results(self, results: dict[str, list[ItemResult]], worker: str | None) -> tuple[int, int]:
+    def write_results(self, results: dict[str, list[ItemResult]], worker: str | None) -> Written:
         assert self.release.wait(timeout=30)
         if len(self.writes) == self.fail_on:
             raise ConnectionError("database went away")
         self.writes.append(results)
         rows = [r for batch in results.values() for r in batch]
-        return sum(r.error is None for r in rows), sum(r.error is not None for r in rows)
+        return Written({"job": (sum(r.error is None for r in rows), sum(r.error is not None for r in rows))})
 
     def is_cancelled(self, job_id: str) -> bool:
         return len(self.writes) >= self.cancel_after
@@ -37,7 +40,7 @@ def _batch(*items: int, error: str | None = None) -> dict[str, list[ItemResult]]
 
 
 def _writer(store: FakeStore) -> ResultWriter:
-    return ResultWriter(store, "w1", "job")  # type: ignore[arg-type]
+    return ResultWriter(store, "w1", "job", Hooks(Settings()), "model")  # type: ignore[arg-type]
 
 
 def test_put_returns_before_the_write_and_the_block_waits_for_every_write() -> None:

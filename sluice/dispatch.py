@@ -1,0 +1,64 @@
+"""Sending chunk references to Redis: shared by producers and recovery (which runs in workers
+and in ``sluice reconcile``), so neither side imports the other.
+
+A message is a reference (job id, chunk index), never the documents. Chunks go to the model's
+own queue while a live worker preloads the model, otherwise to the shared queue
+(:mod:`sluice.routing`); the ledger records the queue on each chunk.
+"""
+
+from __future__ import annotations
+
+import time
+
+from celery import Celery
+
+from sluice.celery_app import PROCESS_CHUNK, create_app, redis_priority
+from sluice.ledger import Ledger
+from sluice.routing import WorkerRow, route
+from sluice.settings import Settings
+
+#: How long a send may route on the live-worker list read by an earlier one. Liveness already
+#: lags by a few heartbeats, so a second more changes little, and a backend sending one document
+#: per job skips a database read per job. A chunk routed to a queue nobody reads any more is
+#: re-routed by ``sluice reconcile``.
+ROUTE_CACHE_S = 1.0
+
+
+class Dispatcher:
+    """Routes and sends chunk messages with the Celery app of ``settings`` (created on first send)."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self._app = app
+        self._live: tuple[float, list[WorkerRow]] = (float("-inf"), [])
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            self._app = create_app(self.settings)
+        return self._app
+
+    def workers(self) -> list[WorkerRow]:
+        """Live workers (fresh heartbeat, not stopped), read now."""
+        found = self.ledger.load_workers()
+        self._live = (time.monotonic(), found)
+        return found
+
+    def routing_workers(self) -> list[WorkerRow]:
+        """The live workers as read at most ``ROUTE_CACHE_S`` ago (reading them again if older)."""
+        read_at, found = self._live
+        return found if time.monotonic() - read_at < ROUTE_CACHE_S else self.workers()
+
+    def send(self, job_id: str, chunks: list[int], priority: int, model: str) -> str:
+        """Send one message per chunk to the queue that serves ``model`` now; returns the queue."""
+        queue = route(model, self.routing_workers(), self.settings.queue)
+        for idx in chunks:
+            self.app.send_task(PROCESS_CHUNK, args=[job_id, idx], queue=queue, priority=redis_priority(priority))
+        return queue
+
+    def enqueue(self, job_id: str, chunks: list[int], priority: int, model: str | None = None) -> str:
+        """Send the chunks and record where they went; returns the queue."""
+        queue = self.send(job_id, chunks, priority, model or self.ledger.job_model(job_id))
+        self.ledger.mark_sent(job_id, chunks, queue)
+        return queue

@@ -1,0 +1,24 @@
+"""The ledger: every statement over Sluice's tables (jobs, chunks, items, workers), and the job
+and chunk state machine (:mod:`sluice.ledger.transitions`), in one place.
+
+Producers, workers, recovery, routing and the shell call :class:`Ledger`; no other module builds
+SQL over these tables. The parts are split by who calls them: :mod:`~sluice.ledger.jobs`
+(producers and readers), :mod:`~sluice.ledger.claims` (workers), :mod:`~sluice.ledger.workers`
+(presence and routing) and :mod:`~sluice.ledger.recovery` (reconcile).
+"""
+
+from sluice.ledger.claims import Claim, ClaimsLedger, Written
+from sluice.ledger.codec import ACTIVE_JOBS, RESULT_COLUMNS, csv_cells
+from sluice.ledger.jobs import JobInfo, JobsLedger, NewItem, NewJob
+from sluice.ledger.recovery import ChunkRef, RecoveryLedger
+from sluice.ledger.workers import WorkersLedger
+
+
+class Ledger(JobsLedger, ClaimsLedger, WorkersLedger, RecoveryLedger):
+    """One database's ledger: ``Ledger.for_settings(settings)``."""
+
+
+__all__ = [
+    "ACTIVE_JOBS", "RESULT_COLUMNS", "ChunkRef", "Claim", "JobInfo", "Ledger", "NewItem", "NewJob", "Written",
+    "csv_cells",
+]  # fmt: skip

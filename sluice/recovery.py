@@ -1,0 +1,106 @@
+"""Re-enqueue work from the database, the source of truth, so a lost message loses nothing.
+
+A chunk is resent when its lease expired (its worker died or Redis dropped the message while
+running), when it was never enqueued (the producer died between commit and send), or when it
+waits on a model's queue that no live worker reads any more (the worker preloading that model
+stopped) while another queue now serves the model: it is re-routed there. With
+``include_queued`` every chunk not yet started is resent too: the recovery step after Redis
+itself was flushed. Resending is safe: results are written only for items still pending, and a
+message that arrives for a finished chunk is acked without work.
+
+A chunk leased by a worker that is gone (its heartbeat went stale, or it stopped) goes back to
+the queue at once instead of waiting for the lease to expire; so do the chunks a restarted
+worker's previous incarnation held, when the new process starts under the same node name.
+``sluice reconcile --every N`` (the Compose ``beat`` service) repeats all this periodically.
+
+This lives in the core because both workers (``reclaim_own`` at start) and the shell run it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+
+from sluice.dispatch import Dispatcher
+from sluice.routing import consumed, route
+from sluice.status import ChunkStatus
+
+log = logging.getLogger("sluice.reconcile")
+
+
+def stale_chunks(dispatcher: Dispatcher, include_queued: bool = False) -> dict[tuple[str, int], list[int]]:
+    """(job id, priority) → chunk indices that should be sent again."""
+    workers = dispatcher.workers()
+    reading = consumed(workers)
+    found: dict[tuple[str, int], list[int]] = {}
+    for c in dispatcher.ledger.resend_candidates(reading, include_queued):
+        stranded = c.status == ChunkStatus.QUEUED and c.queue is not None and c.queue not in reading
+        if stranded and not include_queued and route(c.model, workers, dispatcher.settings.queue) not in reading:
+            continue  # no queue serves the model now either: resending would only duplicate messages
+        found.setdefault((c.job_id, c.priority), []).append(c.idx)
+    return found
+
+
+def requeue_held_by(dispatcher: Dispatcher, hostnames: list[str]) -> int:
+    """Put the running chunks leased by these (gone) workers back on the queue; how many.
+
+    The lease is dropped so the next delivery can claim the chunk at once. Should a holder still
+    be alive after all, nothing is lost or doubled: it writes only still-pending items and can
+    no longer close the chunk.
+    """
+    rows = dispatcher.ledger.release_held_by(hostnames)
+    by_job: dict[tuple[str, int, str], list[int]] = defaultdict(list)
+    for c in rows:
+        by_job[c.job_id, c.priority, c.model].append(c.idx)
+    for (job_id, priority, model), chunks in by_job.items():
+        log.warning("job %s: chunks %s were held by %s, now gone; re-enqueued", job_id, chunks, ", ".join(hostnames))
+        dispatcher.enqueue(job_id, chunks, priority, model)
+    return len(rows)
+
+
+def reclaim_own(dispatcher: Dispatcher, hostname: str) -> int:
+    """At worker start: re-enqueue what this node name's previous process held when it died.
+
+    Skipped when another live process on this machine still reports under the same name (two
+    workers misconfigured with one name must not take each other's chunks).
+    """
+    row = next((w for w in dispatcher.ledger.load_workers(include_stale=True) if w.hostname == hostname), None)
+    if row is None:
+        return 0
+    if row.live and row.pid != os.getpid() and _pid_alive(row.pid):
+        log.warning("another live process (pid %d) reports as %s; not reclaiming its chunks", row.pid, hostname)
+        return 0
+    return requeue_held_by(dispatcher, [hostname])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def reconcile(dispatcher: Dispatcher, include_queued: bool = False) -> int:
+    """One pass: chunks of gone workers, expired leases, never-sent and stranded chunks; how many were resent."""
+    gone = [w.hostname for w in dispatcher.ledger.load_workers(include_stale=True) if not w.live]
+    requeued = requeue_held_by(dispatcher, gone)
+    stale = stale_chunks(dispatcher, include_queued)
+    for (job_id, priority), chunks in stale.items():
+        dispatcher.enqueue(job_id, chunks, priority)
+    return requeued + sum(len(c) for c in stale.values())
+
+
+def reconcile_every(dispatcher: Dispatcher, seconds: float) -> None:
+    """Reconcile forever, every ``seconds``; a failed pass is logged and the next one tries again."""
+    while True:
+        try:
+            if n := reconcile(dispatcher):
+                log.info("re-enqueued %d chunk(s)", n)
+        except Exception:  # the database or Redis is down for a moment: keep going
+            log.exception("reconcile pass failed")
+        time.sleep(seconds)
