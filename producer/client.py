@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from producer.inputs import InvalidRecord
 from producer.validate import MAX_REPORTED, check_item, normalise, rejection
 from sluice.dispatch import Dispatcher
 from sluice.errors import JobNotFoundError, ValidationError
@@ -45,7 +46,7 @@ class Client:
     def submit(
         self,
         model: str,
-        items: Iterable[str | dict[str, Any]],
+        items: Iterable[str | dict[str, Any] | InvalidRecord],
         params: dict[str, Any] | None = None,
         priority: int = 0,
         skip_invalid: bool = False,
@@ -68,7 +69,7 @@ class Client:
 
     def _checked(
         self, family: type[TaskFamily], spec: ModelSpec, params: dict[str, Any],
-        items: Iterable[str | dict[str, Any]], skip_invalid: bool,
+        items: Iterable[str | dict[str, Any] | InvalidRecord], skip_invalid: bool,
     ) -> Iterator[NewItem]:  # fmt: skip
         """Items with their validation errors; after the first error without ``skip_invalid`` it
         keeps scanning (to report every problem) but yields nothing, then raises the rejection."""

@@ -54,7 +54,7 @@ def redis_priority(priority: int) -> int:
     return PRIORITY_LEVELS - 1 - max(0, min(PRIORITY_LEVELS - 1, priority))
 
 
-class SluiceCelery(Celery):
+class SluiceCelery(Celery):  # type: ignore[misc]  # celery ships no type information
     """A Celery app that reads :class:`Settings` when first configured, not at import."""
 
     def __init__(self, settings: Settings | None = None, **kwargs: Any) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     create_engine,
     event,
@@ -131,6 +132,14 @@ class Worker(Base):
     status: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# The tables as Core ``Table`` objects (``Model.__table__`` is typed as a bare FromClause), for
+# the ledger's statements.
+jobs_table = cast(Table, Job.__table__)
+chunks_table = cast(Table, Chunk.__table__)
+items_table = cast(Table, Item.__table__)
+workers_table = cast(Table, Worker.__table__)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

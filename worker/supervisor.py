@@ -51,7 +51,7 @@ def backoff_delay(failures: int, base: float = BACKOFF_BASE_S, cap: float = BACK
     """Seconds to wait before restart number ``failures`` (1, 2, ...): base doubling up to cap."""
     if failures <= 0:
         return 0.0
-    return min(cap, base * 2 ** min(failures - 1, 32))
+    return min(cap, base * 2.0 ** min(failures - 1, 32))
 
 
 def parse_gpus(raw: str) -> str | list[str]:

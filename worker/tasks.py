@@ -46,7 +46,7 @@ def run_chunk(runtime: ChunkRunner, job_id: str, idx: int) -> dict[str, object]:
 def register(app: Celery, runtime: ChunkRunner) -> Any:
     """Register the chunk task on ``app``, running on ``runtime``; returns the task."""
 
-    @app.task(name=PROCESS_CHUNK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    @app.task(name=PROCESS_CHUNK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)  # type: ignore[untyped-decorator]
     def process_chunk(job_id: str, idx: int) -> dict[str, object]:
         return run_chunk(runtime, job_id, idx)
 

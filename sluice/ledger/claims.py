@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, select, tuple_, update
 
 from sluice.clock import as_utc, utcnow
-from sluice.db import Chunk, Item, Job
+from sluice.db import chunks_table, items_table, jobs_table
 from sluice.families.base import ItemResult
 from sluice.ledger.base import LedgerBase
 from sluice.ledger.codec import ACTIVE_JOBS, result_params
@@ -26,9 +26,9 @@ from sluice.ledger.results import write_rows
 from sluice.ledger.transitions import ChunkKey, close_chunks, lease_chunk, lease_queued, release_chunks, start_jobs
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 
-items = Item.__table__
-jobs = Job.__table__
-chunks = Chunk.__table__
+items = items_table
+jobs = jobs_table
+chunks = chunks_table
 
 
 @dataclass

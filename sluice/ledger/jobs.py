@@ -16,16 +16,16 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 
 from sluice.clock import as_utc, utcnow
-from sluice.db import Chunk, Item, Job
+from sluice.db import chunks_table, items_table, jobs_table
 from sluice.errors import ValidationError
 from sluice.ledger.base import LedgerBase
 from sluice.ledger.codec import result_row
 from sluice.ledger.transitions import cancel_job
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 
-items = Item.__table__
-jobs = Job.__table__
-chunks = Chunk.__table__
+items = items_table
+jobs = jobs_table
+chunks = chunks_table
 
 _INSERT_BATCH = 1000
 
@@ -118,7 +118,7 @@ class JobsLedger(LedgerBase):
                     total_items=total, failed_items=bad, status=status.value,
                     finished_at=utcnow() if status is JobStatus.FAILED else None))  # fmt: skip
             if bad < total:
-                indices = [r["idx"] for r in rows]
+                indices = list(range(len(rows)))
                 queue = send(indices)
                 if queue is None:
                     return

@@ -13,14 +13,14 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, or_, select, true
 
 from sluice.clock import utcnow
-from sluice.db import Chunk, Job
+from sluice.db import chunks_table, jobs_table
 from sluice.ledger.base import LedgerBase
 from sluice.ledger.codec import ACTIVE_JOBS
 from sluice.ledger.transitions import release_chunks
 from sluice.status import ChunkStatus
 
-chunks = Chunk.__table__
-jobs = Job.__table__
+chunks = chunks_table
+jobs = jobs_table
 
 
 class ChunkRef(NamedTuple):

@@ -11,12 +11,12 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, text, update
 
-from sluice.db import Item, Job
+from sluice.db import items_table, jobs_table
 from sluice.ledger.transitions import finish_jobs_if_complete
 from sluice.status import ItemStatus
 
-items = Item.__table__
-jobs = Job.__table__
+items = items_table
+jobs = jobs_table
 
 _WRITE = (
     update(items)
@@ -82,7 +82,7 @@ def write_rows(
         written = _write_postgresql(conn, rows, worker, now)
     else:
         written = _write_executemany(conn, rows)
-    moved = {}
+    moved: dict[str, dict[str, Any]] = {}
     for (job_id, status), n in written.items():
         entry = moved.setdefault(job_id, {"b_id": job_id, "b_done": 0, "b_failed": 0})
         entry["b_done" if status == ItemStatus.DONE.value else "b_failed"] += n

@@ -29,12 +29,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, case, tuple_, update
 
 from sluice.clock import utcnow
-from sluice.db import Chunk, Job
+from sluice.db import chunks_table, jobs_table
 from sluice.ledger.codec import ACTIVE_JOBS
 from sluice.status import ChunkStatus, JobStatus
 
-jobs = Job.__table__
-chunks = Chunk.__table__
+jobs = jobs_table
+chunks = chunks_table
 
 ChunkKey = tuple[str, int]
 
@@ -123,7 +123,7 @@ def release_chunks(conn: Connection, where: ColumnElement[bool]) -> int:
 
 def close_chunks(conn: Connection, keys: list[ChunkKey], lease: str | None) -> int:
     """-> done, where ``lease`` still holds (any holder when None: the job ended); how many moved."""
-    cond = [tuple_(chunks.c.job_id, chunks.c.idx).in_(keys)]
+    cond: list[ColumnElement[bool]] = [tuple_(chunks.c.job_id, chunks.c.idx).in_(keys)]
     if lease is not None:
         cond.append(chunks.c.lease == lease)
     return int(conn.execute(update(chunks).where(*cond).values(status=ChunkStatus.DONE.value)).rowcount)

@@ -10,12 +10,12 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sluice.clock import as_utc, utcnow
-from sluice.db import Worker
+from sluice.db import workers_table
 from sluice.ledger.base import LedgerBase
 from sluice.routing import STALE_AFTER_BEATS, WorkerRow
 from sluice.status import WorkerStatus
 
-workers = Worker.__table__
+workers = workers_table
 
 
 class WorkersLedger(LedgerBase):
