@@ -6,6 +6,7 @@ items and chunks, then the send) is the ledger's, sending the dispatcher's.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -14,7 +15,7 @@ from typing import Any
 from producer.inputs import InvalidRecord
 from producer.validate import MAX_REPORTED, check_item, normalise, rejection
 from sluice.dispatch import Dispatcher
-from sluice.errors import JobNotFoundError, ValidationError
+from sluice.errors import BrokerError, JobNotFoundError, ValidationError
 from sluice.families import family_for
 from sluice.families.base import TaskFamily
 from sluice.ledger import JobInfo, Ledger, NewItem, NewJob
@@ -24,6 +25,8 @@ from sluice.settings import Settings, get_settings
 
 __all__ = ["Client", "JobInfo"]
 
+log = logging.getLogger("sluice.producer")
+
 
 class Client:
     """Submit and follow jobs. Settings come from the environment unless given."""
@@ -32,6 +35,9 @@ class Client:
         self.settings = settings or get_settings()
         self.ledger = Ledger.for_settings(self.settings)
         self.dispatcher = Dispatcher(self.settings, self.ledger)
+        #: jobs stored by :meth:`submit` whose messages could not be sent (broker unreachable), with
+        #: why; they are sent when the broker is back, by the periodic ``sluice reconcile``
+        self.unsent: dict[str, str] = {}
 
     @property
     def engine(self) -> Any:
@@ -64,8 +70,21 @@ class Client:
         family.validate_params(params, spec)
         job = NewJob(str(uuid.uuid4()), spec.task, model, params, priority, self.settings.chunk_size)
         checked = self._checked(family, spec, params, items, skip_invalid)
-        self.ledger.create_job(job, checked, lambda chunks: self.dispatcher.send(job.id, chunks, priority, model))
+        self.ledger.create_job(job, checked, lambda chunks: self._send(job.id, chunks, priority, model))
         return job.id
+
+    def _send(self, job_id: str, chunks: list[int], priority: int, model: str) -> str | None:
+        """Send a stored job's chunks; when the broker is unreachable, keep the job (it is committed)
+        and say so, rather than fail a submit whose retry would store the job twice."""
+        try:
+            return self.dispatcher.send(job_id, chunks, priority, model)
+        except BrokerError as exc:
+            self.unsent[job_id] = str(exc)
+            log.warning(
+                "job %s is stored but not yet sent: %s; it will be sent when the broker is back "
+                "(the periodic `sluice reconcile --every` does it; or run `sluice reconcile`)", job_id, exc,
+            )  # fmt: skip
+            return None
 
     def _checked(
         self, family: type[TaskFamily], spec: ModelSpec, params: dict[str, Any],

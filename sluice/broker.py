@@ -82,6 +82,16 @@ def broker_url(settings: Settings) -> str:
     return settings.broker_url or start_embedded(settings.var_dir)
 
 
+def redacted(url: str) -> str:
+    """A broker URL with its password replaced by ``***``, fit for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}" if user else f"{scheme}://:***@{host}"
+
+
 def redis_client(url: str) -> redis.Redis:
     """A redis-py client for a Celery-style URL (``redis://`` or ``redis+socket://``)."""
     if url.startswith("redis+socket://"):

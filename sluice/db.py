@@ -15,6 +15,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -26,11 +27,14 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, ExceptionContext
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from sluice.clock import utcnow
+from sluice.errors import DatabaseUnavailableError
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 
 
@@ -78,6 +82,9 @@ class Chunk(Base):
     # The Redis queue its message was last sent to: a chunk on a queue no live worker consumes
     # is waiting for nobody, which `sluice status` reports and `sluice reconcile` re-routes.
     queue: Mapped[str | None] = mapped_column(String(255))
+    #: split off a chunk whose run was lost: runs alone (never coalesced), so a poison item is
+    #: bisected down to itself without taking other items or jobs with it
+    isolated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_chunks_status", "status"),)
 
@@ -152,14 +159,45 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _transient(ctx: ExceptionContext) -> bool:
+    """Whether a database error means "unreachable for now" rather than a bug or bad data."""
+    if ctx.is_pre_ping:  # the pool is testing a connection: it reconnects by itself
+        return False
+    if ctx.is_disconnect:
+        return True
+    if not isinstance(ctx.sqlalchemy_exception, OperationalError | InterfaceError):
+        return False
+    orig = ctx.original_exception
+    state = getattr(orig, "sqlstate", None)
+    if ctx.dialect.name == "postgresql":
+        # Class 08 connection exception, 57P operator intervention (shutdown), 53 insufficient
+        # resources; no SQLSTATE at all: the connection itself failed (refused, reset).
+        return state is None or state.startswith(("08", "57P", "53"))
+    return any(word in str(orig) for word in ("locked", "busy", "unable to open", "disk I/O"))
+
+
+def _translate_errors(ctx: ExceptionContext) -> None:
+    if _transient(ctx):
+        where = ctx.engine.url.render_as_string(hide_password=True) if ctx.engine else ctx.dialect.name
+        first = str(ctx.original_exception).strip().splitlines()[0] if str(ctx.original_exception).strip() else ""
+        raise DatabaseUnavailableError(
+            f"the database at {where} is unreachable ({type(ctx.original_exception).__name__}: {first}); "
+            "check that it is running and SLUICE_DATABASE_URL points at it"
+        ) from ctx.original_exception
+
+
 @cache
 def get_engine(url: str) -> Engine:
-    """One engine per URL per process."""
+    """One engine per URL per process. Errors that mean "the database is unreachable for now"
+    surface as :class:`DatabaseUnavailableError`, so callers above the ledger can retry or say so
+    in one line without knowing SQLAlchemy."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    event.listen(engine, "handle_error", _translate_errors)
+    return engine
 
 
 @cache

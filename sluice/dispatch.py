@@ -9,10 +9,15 @@ own queue while a live worker preloads the model, otherwise to the shared queue
 from __future__ import annotations
 
 import time
+import uuid
 
 from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
+from sluice.broker import redacted
 from sluice.celery_app import PROCESS_CHUNK, create_app, redis_priority
+from sluice.errors import BrokerError
 from sluice.ledger import Ledger
 from sluice.routing import WorkerRow, route
 from sluice.settings import Settings
@@ -51,11 +56,31 @@ class Dispatcher:
         return found if time.monotonic() - read_at < ROUTE_CACHE_S else self.workers()
 
     def send(self, job_id: str, chunks: list[int], priority: int, model: str) -> str:
-        """Send one message per chunk to the queue that serves ``model`` now; returns the queue."""
+        """Send one message per chunk to the queue that serves ``model`` now; returns the queue.
+
+        Raises :class:`BrokerError` when Redis cannot be reached (after Celery's own short retries).
+        """
         queue = route(model, self.routing_workers(), self.settings.queue)
-        for idx in chunks:
-            self.app.send_task(PROCESS_CHUNK, args=[job_id, idx], queue=queue, priority=redis_priority(priority))
+        try:
+            for idx in chunks:
+                self.app.send_task(PROCESS_CHUNK, args=[job_id, idx], queue=queue, priority=redis_priority(priority))
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            raise BrokerError(
+                f"the broker at {redacted(self.app.conf.broker_url)} is unreachable ({type(exc).__name__}: {exc}); "
+                "check that Redis is running and SLUICE_BROKER_URL points at it"
+            ) from exc
         return queue
+
+    def broker_lost_messages(self) -> bool:
+        """Whether Redis lost its data set since this was last asked (restart without persistence,
+        FLUSHALL, failover to an empty replica): an epoch marker key set here is gone. The first
+        call ever also says so; re-sending then only duplicates messages, which is harmless."""
+        try:
+            with self.app.connection_for_write() as conn:
+                client = conn.default_channel.client
+                return bool(client.set(f"{self.settings.queue}:epoch", str(uuid.uuid4()), nx=True))
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
 
     def enqueue(self, job_id: str, chunks: list[int], priority: int, model: str | None = None) -> str:
         """Send the chunks and record where they went; returns the queue."""

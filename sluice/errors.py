@@ -29,5 +29,13 @@ class ItemError(SluiceError):
     """One item cannot be processed; it fails alone, with this message stored."""
 
 
-class BrokerError(SluiceError):
+class InfrastructureError(SluiceError):
+    """A service Sluice depends on is unreachable for now; retrying later may succeed."""
+
+
+class DatabaseUnavailableError(InfrastructureError):
+    """The database cannot be reached (down, restarting, connection dropped, locked)."""
+
+
+class BrokerError(InfrastructureError):
     """The broker (Redis) cannot be reached or started."""

@@ -43,8 +43,8 @@ def stale_chunks(dispatcher: Dispatcher, include_queued: bool = False) -> dict[t
     return found
 
 
-def requeue_held_by(dispatcher: Dispatcher, hostnames: list[str]) -> int:
-    """Put the running chunks leased by these (gone) workers back on the queue; how many.
+def requeue_held_by(dispatcher: Dispatcher, hostnames: list[str]) -> set[tuple[str, int]]:
+    """Put the running chunks leased by these (gone) workers back on the queue; returns them.
 
     The lease is dropped so the next delivery can claim the chunk at once. Should a holder still
     be alive after all, nothing is lost or doubled: it writes only still-pending items and can
@@ -57,7 +57,7 @@ def requeue_held_by(dispatcher: Dispatcher, hostnames: list[str]) -> int:
     for (job_id, priority, model), chunks in by_job.items():
         log.warning("job %s: chunks %s were held by %s, now gone; re-enqueued", job_id, chunks, ", ".join(hostnames))
         dispatcher.enqueue(job_id, chunks, priority, model)
-    return len(rows)
+    return {(c.job_id, c.idx) for c in rows}
 
 
 def reclaim_own(dispatcher: Dispatcher, hostname: str) -> int:
@@ -72,7 +72,7 @@ def reclaim_own(dispatcher: Dispatcher, hostname: str) -> int:
     if row.live and row.pid != os.getpid() and _pid_alive(row.pid):
         log.warning("another live process (pid %d) reports as %s; not reclaiming its chunks", row.pid, hostname)
         return 0
-    return requeue_held_by(dispatcher, [hostname])
+    return len(requeue_held_by(dispatcher, [hostname]))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -86,13 +86,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def reconcile(dispatcher: Dispatcher, include_queued: bool = False) -> int:
-    """One pass: chunks of gone workers, expired leases, never-sent and stranded chunks; how many were resent."""
+    """One pass: chunks of gone workers, expired leases, never-sent and stranded chunks; how many were resent.
+
+    When Redis lost its messages (its epoch marker is gone), every chunk not yet started is
+    re-sent too, as ``include_queued`` asks for explicitly.
+    """
+    lost = dispatcher.broker_lost_messages()
     gone = [w.hostname for w in dispatcher.ledger.load_workers(include_stale=True) if not w.live]
     requeued = requeue_held_by(dispatcher, gone)
+    if lost and not include_queued:
+        log.warning("the broker lost its messages (or this is the first reconcile): re-sending every queued chunk")
+        include_queued = True
     stale = stale_chunks(dispatcher, include_queued)
+    sent = 0
     for (job_id, priority), chunks in stale.items():
-        dispatcher.enqueue(job_id, chunks, priority)
-    return requeued + sum(len(c) for c in stale.values())
+        if fresh := [idx for idx in chunks if (job_id, idx) not in requeued]:
+            dispatcher.enqueue(job_id, fresh, priority)
+            sent += len(fresh)
+    return len(requeued) + sent
 
 
 def reconcile_every(dispatcher: Dispatcher, seconds: float) -> None:

@@ -62,7 +62,16 @@ class Settings(BaseSettings):
     max_item_chars: int = Field(2_000_000, ge=1, description="Longest text field accepted at submit.")
     max_attempts: int = Field(3, ge=1, description="Deliveries of a chunk before its items fail.")
     visibility_timeout: int = Field(3600, ge=60, description="Seconds before Redis redelivers unacked work.")
-    lease_seconds: int = Field(900, ge=10, description="A running chunk older than this is re-enqueued.")
+    lease_seconds: int = Field(
+        30,
+        ge=1,
+        description="Seconds a running chunk stays leased without its worker renewing it (each heartbeat).",
+    )
+    chunk_time_limit: float | None = Field(
+        600,
+        gt=0,
+        description="Seconds one chunk's run may take before it is stopped, released and retried (split).",
+    )
 
     image_url_prefixes: list[str] = Field(
         [],

@@ -14,6 +14,7 @@ from typing import Any
 
 from sluice.celery_app import create_app
 from sluice.dispatch import Dispatcher
+from sluice.ledger import Ledger
 from sluice.routing import worker_queues
 from sluice.settings import Settings
 from sluice.status import WorkerStatus
@@ -41,9 +42,10 @@ def run_worker(
     node = hostname or f"{device.replace(':', '')}@{socket.gethostname()}"
     queues = queues or worker_queues(settings.queue, models)
     hooks = load_hooks(settings)
-    runtime = WorkerRuntime(settings, device=device, hostname=node, hooks=hooks)
+    dispatcher = Dispatcher(settings, Ledger.for_settings(settings), app)
+    runtime = WorkerRuntime(settings, device=device, hostname=node, hooks=hooks, dispatcher=dispatcher)
     presence = Presence(runtime.ledger, node, runtime.device, queues, settings.max_model_memory,
-                        settings.heartbeat_seconds, runtime.pool.snapshot)  # fmt: skip
+                        settings.heartbeat_seconds, runtime.pool.snapshot, on_beat=runtime.renew_leases)  # fmt: skip
     runtime.pool.on_change = presence.report
 
     def ready(**_: Any) -> None:
@@ -52,7 +54,7 @@ def run_worker(
     worker_ready.connect(ready, weak=False)
     # A node restarted under the same name (by the supervisor or Compose) gets back at once the
     # chunks its killed predecessor held, instead of after the lease or visibility timeout.
-    reclaim_own(Dispatcher(settings, runtime.ledger, app), node)
+    reclaim_own(dispatcher, node)
     presence.start()
     try:
         runtime.preload(models)

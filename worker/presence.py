@@ -28,7 +28,7 @@ class Presence:
 
     def __init__(
         self, ledger: Ledger, hostname: str, device: str, queues: list[str], budget: int | None,
-        heartbeat_seconds: float, snapshot: Snapshot,
+        heartbeat_seconds: float, snapshot: Snapshot, on_beat: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         self.ledger = ledger
         self.hostname = hostname
@@ -36,6 +36,7 @@ class Presence:
                        "started_at": utcnow()}  # fmt: skip
         self.heartbeat_seconds = heartbeat_seconds
         self.snapshot = snapshot
+        self.on_beat = on_beat
         self.status = WorkerStatus.STARTING
         self._lock = threading.Lock()  # one write at a time, so an older snapshot never lands last
         self._stop = threading.Event()
@@ -69,3 +70,8 @@ class Presence:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
             self.report()
+            if self.on_beat is not None:
+                try:
+                    self.on_beat()
+                except Exception as exc:  # a database blip must not stop the heartbeat
+                    log.warning("heartbeat of %s: %s", self.hostname, exc)

@@ -9,18 +9,23 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from sluice.dispatch import Dispatcher
+from sluice.errors import InfrastructureError
 from sluice.families.base import ItemResult
-from sluice.ledger import Claim, Ledger
+from sluice.ledger import Claim, Ledger, Split
 from sluice.registry import load_registry
 from sluice.settings import Settings
 from worker.engine import BatchStats, Engine, shared_budget
 from worker.hooks import Hooks
+from worker.outage import Outage
 from worker.residency import ModelPool
+from worker.timelimit import ChunkTimeLimitError, time_limit
 from worker.writer import ResultWriter
 
 log = logging.getLogger("sluice.worker")
@@ -61,55 +66,110 @@ class WorkerRuntime:
     """Everything a worker process holds between tasks."""
 
     def __init__(
-        self, settings: Settings, device: str | None = None, hostname: str | None = None, hooks: Hooks | None = None
+        self,
+        settings: Settings,
+        device: str | None = None,
+        hostname: str | None = None,
+        hooks: Hooks | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.settings = settings
         self.device = device or settings.device
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
-        self.ledger = Ledger.for_settings(settings)
+        self.ledger = dispatcher.ledger if dispatcher else Ledger.for_settings(settings)
         self.hooks = hooks or Hooks(settings)
         self.pool = ModelPool(
             load_registry(settings.models_file), self.device, budget=settings.max_model_memory, settings=settings
         )
+        self.dispatcher = dispatcher or Dispatcher(settings, self.ledger)
+        self.outage = Outage("the database")
         self._closed: dict[tuple[str, int], None] = {}  # insertion-ordered set
+        self._holding: list[str] = []  # leases of the run in progress, renewed by the heartbeat
 
     def preload(self, names: list[str]) -> None:
         """Load and pin the models this worker announces: they are never evicted."""
         self.pool.preload(names)
 
     def process_chunk(self, job_id: str, idx: int) -> ChunkReport:
+        """Run one chunk message; raises when the run failed (the message then goes back).
+
+        While the database is unreachable each failure waits a growing back-off first, so an
+        outage is a slow retry, not a hot loop.
+        """
         # A chunk marked done stays done (nothing sets it back), so its message needs no work.
         if (job_id, idx) in self._closed:
             del self._closed[job_id, idx]
             return ChunkReport(skipped=True)
+        try:
+            report = self._process(job_id, idx)
+        except InfrastructureError as exc:
+            self.outage.failed(exc)
+            raise
+        self.outage.succeeded()
+        return report
+
+    def _process(self, job_id: str, idx: int) -> ChunkReport:
         claim = self.ledger.claim(job_id, idx, worker=self.hostname)
         if claim is None:
             return ChunkReport(skipped=True)
+        if isinstance(claim, Split):
+            self._send_split(claim, idx)
+            return ChunkReport(skipped=True)
         claims = [claim, *self._coalesce(claim)]
         self.hooks.chunk_claimed(claims)
+        self._holding = sorted({c.lease for c in claims})
         try:
-            report = self._run(claims)
+            with time_limit(self.settings.chunk_time_limit):
+                report = self._run(claims)
         except Exception as exc:
-            self._release(claims)
+            self._holding = []
+            self._release(claims, lost=isinstance(exc, ChunkTimeLimitError))
             self.hooks.chunk_failed(claims, exc)
             raise
+        self._holding = []
         self._remember(self.ledger.close_all(claims))
         self.hooks.chunk_closed(claims, report.stats or BatchStats())
         return report
+
+    def renew_leases(self) -> None:
+        """Refresh the leases of the run in progress (the heartbeat thread calls this): a chunk is
+        re-sent after ``lease_seconds`` only when its holder stops working on it."""
+        if leases := list(self._holding):
+            self.ledger.renew_leases(leases)
+
+    def _send_split(self, split: Split, idx: int) -> None:
+        log.warning(
+            "chunk %s/%s: an earlier run was lost (worker died or ran out of time); split into chunks %s that run "
+            "alone, to isolate the item that causes it", split.job_id, idx, split.children,
+        )  # fmt: skip
+        try:
+            self.dispatcher.enqueue(split.job_id, split.children, split.priority, split.model)
+        except InfrastructureError as exc:  # stored unsent: the periodic reconcile sends them
+            log.warning("could not send the parts of chunk %s/%s now (%s); reconcile will", split.job_id, idx, exc)
 
     def _remember(self, closed: list[tuple[str, int]]) -> None:
         self._closed.update(dict.fromkeys(closed))
         for key in list(islice(self._closed, max(0, len(self._closed) - REMEMBER_CLOSED))):
             del self._closed[key]
 
-    def _release(self, claims: list[Claim]) -> None:
-        """After a failed run (a commit failed): hand the chunks back for redelivery, best effort;
-        if the database is down too, their leases expire and ``sluice reconcile`` resends them."""
-        for c in claims:
+    def _release(self, claims: list[Claim], lost: bool) -> None:
+        """After a failed run: hand the chunks back so their redelivery claims them at once.
+
+        While the database is unreachable, retry with back-off for up to ``lease_seconds`` (the
+        worker can do nothing else meanwhile); after that the leases, no longer renewed, have
+        expired and the periodic reconcile re-sends the chunks.
+        """
+        deadline = time.monotonic() + self.settings.lease_seconds
+        pending = list(claims)
+        while pending:
             try:
-                self.ledger.release(c.job_id, c.idx, c.lease)
-            except Exception as exc:
-                log.warning("could not release chunk %s/%s: %s", c.job_id, c.idx, exc)
+                self.ledger.release(pending[0].job_id, pending[0].idx, pending[0].lease, lost=lost)
+                pending.pop(0)
+            except InfrastructureError as exc:
+                if time.monotonic() > deadline:
+                    log.warning("gave up releasing %d chunk(s) (%s); their leases expire instead", len(pending), exc)
+                    return
+                self.outage.failed(exc)
 
     def _coalesce(self, claim: Claim) -> list[Claim]:
         """Cross-job coalescing: when this chunk is smaller than a chunk can be, take queued chunks

@@ -7,7 +7,7 @@ SQL over these tables. The parts are split by who calls them: :mod:`~sluice.ledg
 (presence and routing) and :mod:`~sluice.ledger.recovery` (reconcile).
 """
 
-from sluice.ledger.claims import Claim, ClaimsLedger, Written
+from sluice.ledger.claims import Claim, ClaimsLedger, Split, Written
 from sluice.ledger.codec import ACTIVE_JOBS, RESULT_COLUMNS, csv_cells
 from sluice.ledger.jobs import JobInfo, JobsLedger, NewItem, NewJob
 from sluice.ledger.recovery import ChunkRef, RecoveryLedger
@@ -19,6 +19,6 @@ class Ledger(JobsLedger, ClaimsLedger, WorkersLedger, RecoveryLedger):
 
 
 __all__ = [
-    "ACTIVE_JOBS", "RESULT_COLUMNS", "ChunkRef", "Claim", "JobInfo", "Ledger", "NewItem", "NewJob", "Written",
+    "ACTIVE_JOBS", "RESULT_COLUMNS", "ChunkRef", "Claim", "JobInfo", "Ledger", "NewItem", "NewJob", "Split", "Written",
     "csv_cells",
 ]  # fmt: skip

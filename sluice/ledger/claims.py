@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, select, tuple_, update
+from sqlalchemy import Connection, and_, false, select, tuple_, update
 
 from sluice.clock import as_utc, utcnow
 from sluice.db import chunks_table, items_table, jobs_table
@@ -23,7 +23,16 @@ from sluice.families.base import ItemResult
 from sluice.ledger.base import LedgerBase
 from sluice.ledger.codec import ACTIVE_JOBS, result_params
 from sluice.ledger.results import write_rows
-from sluice.ledger.transitions import ChunkKey, close_chunks, lease_chunk, lease_queued, release_chunks, start_jobs
+from sluice.ledger.transitions import (
+    ChunkKey,
+    close_chunks,
+    lease_chunk,
+    lease_queued,
+    release_chunks,
+    renew_leases,
+    split_chunk,
+    start_jobs,
+)
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 
 items = items_table
@@ -41,6 +50,18 @@ class Claim:
     model: str
     params: dict[str, Any]
     items: list[tuple[int, dict[str, Any]]]
+    #: a retry after a lost run, or a part split off one: run it alone, coalesce nothing with it
+    alone: bool = False
+
+
+@dataclass
+class Split:
+    """A claimed chunk whose earlier run was lost, split in two new queued chunks to be sent."""
+
+    job_id: str
+    children: list[int]
+    priority: int
+    model: str
 
 
 class Written(tuple[int, int]):
@@ -67,18 +88,24 @@ class Written(tuple[int, int]):
 
 
 class ClaimsLedger(LedgerBase):
-    def claim(self, job_id: str, idx: int, worker: str | None = None) -> Claim | None:
+    def claim(self, job_id: str, idx: int, worker: str | None = None) -> Claim | Split | None:
         """Take the chunk; None when there is nothing to do.
 
         Nothing to do: the chunk is done, its job ended, another worker holds a fresh lease on it
         (a coalescing worker took it from the database before its message arrived), or it was
-        dead-lettered.
+        dead-lettered. A lease held by ``worker`` itself is taken over: a solo-pool worker that
+        receives a message runs nothing else, so it is no longer working on what it holds.
+
+        A chunk whose earlier run was lost (the worker died or ran past the time limit) is split in
+        two when it still has more than one pending item (:class:`Split`: send its parts), so
+        that repeated deaths bisect down to the one item that causes them; a single item runs
+        alone, and is failed after ``max_attempts`` lost runs.
         """
         with self.engine.begin() as conn:
             # One read decides the common no-work case: the message of a chunk a coalescing
             # worker already ran (every single-document job's message ends here).
             chunk = conn.execute(
-                select(chunks, jobs.c.status.label("job_status"), jobs.c.model, jobs.c.params)
+                select(chunks, jobs.c.status.label("job_status"), jobs.c.model, jobs.c.params, jobs.c.priority)
                 .join(jobs, jobs.c.id == chunks.c.job_id)
                 .where(chunks.c.job_id == job_id, chunks.c.idx == idx)
             ).one_or_none()  # fmt: skip
@@ -87,10 +114,11 @@ class ClaimsLedger(LedgerBase):
             if JobStatus(chunk.job_status).terminal:
                 close_chunks(conn, [(job_id, idx)], lease=None)
                 return None
-            if chunk.status == ChunkStatus.RUNNING and not self._lease_expired(chunk.leased_at):
+            mine = worker is not None and chunk.leased_by == worker
+            if chunk.status == ChunkStatus.RUNNING and not mine and not self._lease_expired(chunk.leased_at):
                 return None
             lease, now = str(uuid.uuid4()), utcnow()
-            if not lease_chunk(conn, (job_id, idx), chunk, lease, worker, now):
+            if not lease_chunk(conn, (job_id, idx), chunk, lease, worker, now, count=not mine):
                 return None  # another worker claimed it between our read and our write
             start_jobs(conn, [job_id], now)
             in_chunk = and_(
@@ -100,10 +128,14 @@ class ClaimsLedger(LedgerBase):
                 items.c.status == ItemStatus.PENDING.value,
             )
             found = self._take_items(conn, in_chunk).get(job_id, [])
-        if chunk.deliveries + 1 > self.max_attempts:
+            lost = chunk.deliveries > 0 and not mine  # claimed before and never closed: that run was lost
+            if lost and len(found) > 1:
+                children = split_chunk(conn, (job_id, idx), [i for i, _ in found], chunk.stop)
+                return Split(job_id, children, chunk.priority, chunk.model)
+        if lost and chunk.deliveries + 1 > self.max_attempts:
             self.dead_letter(job_id, idx, lease, found, chunk.deliveries + 1)
             return None
-        return Claim(job_id, idx, lease, chunk.model, chunk.params or {}, found)
+        return Claim(job_id, idx, lease, chunk.model, chunk.params or {}, found, alone=lost or chunk.isolated)
 
     @staticmethod
     def _take_items(conn: Connection, pending: Any) -> dict[str, list[tuple[int, Any]]]:
@@ -186,11 +218,20 @@ class ClaimsLedger(LedgerBase):
             by_job[job_id] = (done + n, failed) if status == ItemStatus.DONE.value else (done, failed + n)
         return Written(by_job, finished)
 
-    def release(self, job_id: str, idx: int, lease: str) -> bool:
-        """Give a chunk back (queued, no lease) after a failed run, so its redelivery can claim it at once."""
+    def release(self, job_id: str, idx: int, lease: str, lost: bool = False) -> bool:
+        """Give a chunk back (queued, no lease) after a failed run, so its redelivery can claim it at
+        once. Unless the run is ``lost`` (it ran past its time limit), the delivery is not counted:
+        an unreachable database says nothing about the chunk's items."""
         with self.engine.begin() as conn:
             mine = and_(chunks.c.job_id == job_id, chunks.c.idx == idx, chunks.c.lease == lease)
-            return bool(release_chunks(conn, mine))
+            return bool(release_chunks(conn, mine, uncount=not lost))
+
+    def renew_leases(self, leases: list[str]) -> int:
+        """Keep the leases a worker is working under fresh (its heartbeat calls this); how many chunks."""
+        if not leases:
+            return 0
+        with self.engine.begin() as conn:
+            return renew_leases(conn, leases, utcnow())
 
     def close_all(self, claims: list[Claim]) -> list[ChunkKey]:
         """Mark claimed chunks done where their leases still hold, in one transaction; returns the
@@ -218,7 +259,13 @@ def _coalescing_candidates(
     query = (
         select(chunks.c.job_id, chunks.c.idx, chunks.c.start, chunks.c.stop, jobs.c.params)
         .join(jobs, jobs.c.id == chunks.c.job_id)
-        .where(chunks.c.status == ChunkStatus.QUEUED.value, jobs.c.model == model, jobs.c.status.in_(ACTIVE_JOBS))
+        .where(
+            chunks.c.status == ChunkStatus.QUEUED.value,
+            jobs.c.model == model,
+            jobs.c.status.in_(ACTIVE_JOBS),
+            chunks.c.deliveries == 0,
+            chunks.c.isolated == false(),
+        )  # a retried chunk runs alone
         .order_by(jobs.c.priority.desc(), jobs.c.created_at, chunks.c.idx)
         .limit(max_chunks + 1)
     )

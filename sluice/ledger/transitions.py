@@ -11,6 +11,7 @@ job     active -> failed       every item ended, none done (:func:`finish_jobs_i
 job     active -> cancelled    a user cancels it (:func:`cancel_job`)
 chunk   queued -> running      a worker claims it and takes a lease (:func:`lease_chunk`, :func:`lease_queued`)
 chunk   running -> queued      its run failed, or its holder is gone (:func:`release_chunks`)
+chunk   running -> done + 2    a lost run's chunk splits into two queued parts (:func:`split_chunk`)
 chunk   * -> done              its items are committed under the lease (:func:`close_chunks`)
 item    pending -> done|failed its result is written (results.write_results)
 ======  =====================  =======================================================
@@ -26,7 +27,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, case, tuple_, update
+from sqlalchemy import ColumnElement, Connection, case, func, insert, select, tuple_, update
 
 from sluice.clock import utcnow
 from sluice.db import chunks_table, jobs_table
@@ -77,27 +78,30 @@ def cancel_job(conn: Connection, job_id: str) -> bool:
     return bool(res.rowcount)
 
 
-def _lease_values(lease: str, worker: str | None, now: datetime) -> dict[str, Any]:
+def _lease_values(lease: str, worker: str | None, now: datetime, count: bool = True) -> dict[str, Any]:
     return {
         "status": ChunkStatus.RUNNING.value,
-        "deliveries": chunks.c.deliveries + 1,
+        "deliveries": chunks.c.deliveries + (1 if count else 0),
         "lease": lease,
         "leased_at": now,
         "leased_by": worker,
     }
 
 
-def lease_chunk(conn: Connection, key: ChunkKey, seen: Any, lease: str, worker: str | None, now: datetime) -> bool:
+def lease_chunk(
+    conn: Connection, key: ChunkKey, seen: Any, lease: str, worker: str | None, now: datetime, count: bool = True
+) -> bool:
     """queued (or running under an expired lease) -> running under ``lease``, counting a delivery.
 
     ``seen`` is the chunk row as read: the update applies only if nobody moved it since (same
-    status, same delivery count), so of two racing claimers exactly one wins.
+    status, same delivery count), so of two racing claimers exactly one wins. ``count`` False:
+    the claimer takes over its own lease, whose earlier run it gave back (not a lost run).
     """
     res = conn.execute(
         update(chunks)
         .where(chunks.c.job_id == key[0], chunks.c.idx == key[1], chunks.c.status == seen.status,
                chunks.c.deliveries == seen.deliveries)
-        .values(**_lease_values(lease, worker, now))
+        .values(**_lease_values(lease, worker, now, count))
     )  # fmt: skip
     return bool(res.rowcount)
 
@@ -111,14 +115,46 @@ def lease_queued(conn: Connection, keys: list[ChunkKey], lease: str, worker: str
     )
 
 
-def release_chunks(conn: Connection, where: ColumnElement[bool]) -> int:
-    """running -> queued with no lease, so the next delivery claims at once; how many moved."""
+def release_chunks(conn: Connection, where: ColumnElement[bool], uncount: bool = False) -> int:
+    """running -> queued with no lease, so the next delivery claims at once; how many moved.
+
+    ``uncount`` takes back the delivery the claim counted: the run failed for a reason that is
+    not the chunk's (the database went away), so it must not count toward splitting or failing it.
+    """
+    values: dict[str, Any] = {"status": ChunkStatus.QUEUED.value, "lease": None, "leased_at": None, "leased_by": None}
+    if uncount:
+        values["deliveries"] = case((chunks.c.deliveries > 0, chunks.c.deliveries - 1), else_=0)
+    res = conn.execute(update(chunks).where(where, chunks.c.status == ChunkStatus.RUNNING.value).values(**values))
+    return int(res.rowcount)
+
+
+def renew_leases(conn: Connection, leases: list[str], now: datetime) -> int:
+    """Refresh ``leased_at`` of running chunks under these leases (their holder is working on them)."""
     res = conn.execute(
         update(chunks)
-        .where(where, chunks.c.status == ChunkStatus.RUNNING.value)
-        .values(status=ChunkStatus.QUEUED.value, lease=None, leased_at=None, leased_by=None)
+        .where(chunks.c.lease.in_(leases), chunks.c.status == ChunkStatus.RUNNING.value)
+        .values(leased_at=now)
     )
     return int(res.rowcount)
+
+
+def split_chunk(conn: Connection, key: ChunkKey, pending: list[int], stop: int) -> list[int]:
+    """running -> done, its pending items handed to two new queued, isolated chunks; their indices.
+
+    The cut is at the middle pending item, so both parts have work; the parts start with no
+    deliveries and run alone (never coalesced), so a part that is lost again splits again.
+    """
+    job_id, _ = key
+    first = int(conn.execute(select(func.max(chunks.c.idx)).where(chunks.c.job_id == job_id)).scalar_one()) + 1
+    cut = pending[len(pending) // 2]
+    parts = [(pending[0], cut), (cut, stop)]
+    conn.execute(insert(chunks), [
+        {"job_id": job_id, "idx": first + n, "start": start, "stop": end, "status": ChunkStatus.QUEUED.value,
+         "deliveries": 0, "isolated": True}
+        for n, (start, end) in enumerate(parts)
+    ])  # fmt: skip
+    close_chunks(conn, [key], lease=None)
+    return [first, first + 1]
 
 
 def close_chunks(conn: Connection, keys: list[ChunkKey], lease: str | None) -> int:

@@ -15,7 +15,7 @@ from producer.client import Client
 from sluice import migrate
 from sluice.db import Chunk, Worker, get_engine, utcnow
 from sluice.families.base import ItemResult
-from sluice.ledger import Ledger
+from sluice.ledger import Claim, Ledger, Split
 from sluice.recovery import reclaim_own, reconcile, stale_chunks
 from sluice.status import JobStatus, WorkerStatus
 from tests.conftest import make_settings
@@ -37,13 +37,14 @@ def test_redelivered_chunk_writes_and_counts_nothing_twice(client: Client) -> No
     first = store.claim(job, 0)
     assert store.claim(job, 0) is None  # leased and fresh: a duplicate message does no work
     expired = Ledger(client.settings.resolved_database_url, max_attempts=5, lease_seconds=0)
-    second = expired.claim(job, 0)  # a redelivery after the first worker's lease ran out
-    assert first and second and [i for i, _ in first.items] == [0, 1, 2, 3]
+    split = expired.claim(job, 0)  # a redelivery after the first worker's lease ran out: split in two
+    assert isinstance(first, Claim) and isinstance(split, Split) and [i for i, _ in first.items] == [0, 1, 2, 3]
     results = [ItemResult(item=i, label="x", score=0.5) for i in range(4)]
-    assert store.write_results({job: results}, "w1") == (4, 0)
+    assert store.write_results({job: results}, "w1") == (4, 0)  # the first worker was slow, not dead
     assert store.write_results({job: results}, "w2") == (0, 0)
-    assert not store.close(job, 0, first.lease)  # the lease moved to the second delivery
-    assert store.close(job, 0, second.lease)
+    assert not store.close(job, 0, first.lease)  # its lease is gone with the split
+    parts = [store.claim(job, i) for i in split.children]
+    assert all(isinstance(p, Claim) and p.items == [] and store.close(job, p.idx, p.lease) for p in parts)
     assert store.claim(job, 0) is None  # done chunks are not claimed again
     info = client.status(job)
     assert (info.done, info.failed, info.status) == (4, 0, JobStatus.RUNNING)
@@ -91,16 +92,46 @@ def test_a_label_longer_than_the_column_is_cut_not_fatal_to_the_batch(client: Cl
     assert rows[0]["label"] == long[:256] and rows[0]["output"] == {"label": long} and rows[1]["label"] == "ok"
 
 
-def test_poison_chunk_is_dead_lettered_after_max_attempts(client: Client) -> None:
-    job = client.submit("minilm", ["a", "b"])
+def test_a_lost_run_splits_its_chunk_and_only_the_poison_item_fails(client: Client) -> None:
+    """Repeated worker deaths bisect a chunk down to the item that causes them; the rest complete."""
+    job = client.submit("minilm", ["a", "b", "poison", "c"])
     store = Ledger(client.settings.resolved_database_url, max_attempts=2, lease_seconds=0)
-    assert store.claim(job, 0) is not None
-    assert store.claim(job, 0) is not None  # the first worker died: its lease expired
-    assert store.claim(job, 0) is None  # third delivery: the items fail instead
+    first = store.claim(job, 0)
+    assert isinstance(first, Claim) and not first.alone  # a fresh chunk runs (and may coalesce)
+    split = store.claim(job, 0)  # the first worker died: its lease expired, the redelivery splits
+    assert isinstance(split, Split) and split.children == [1, 2]
+    parts = {i: store.claim(job, i) for i in split.children}
+    assert all(isinstance(c, Claim) and c.alone for c in parts.values())
+    assert [[i for i, _ in c.items] for c in parts.values()] == [[0, 1], [2, 3]]  # type: ignore[union-attr]
+    good, bad = parts[1], parts[2]
+    assert isinstance(good, Claim) and isinstance(bad, Claim)
+    store.write_results({job: [ItemResult(item=i, label="ok") for i, _ in good.items]}, "w1")
+    assert store.close(job, 1, good.lease)
+    halves = store.claim(job, 2)  # the part holding the poison item was lost too: split again
+    assert isinstance(halves, Split) and halves.children == [3, 4]
+    assert store.claim(job, 3) and store.claim(job, 3)  # item 2 alone, lost twice (max_attempts=2)
+    assert store.claim(job, 3) is None  # third delivery: it fails, with the reason
+    rest = store.claim(job, 4)
+    assert isinstance(rest, Claim) and [i for i, _ in rest.items] == [3]
+    store.write_results({job: [ItemResult(item=3, label="ok")]}, "w1")
     rows = list(client.results(job))
-    assert [r["status"] for r in rows] == ["failed", "failed"]
-    assert "delivered 3 times" in rows[0]["error"]
-    assert client.status(job).status is JobStatus.FAILED
+    assert [r["status"] for r in rows] == ["done", "done", "failed", "done"]
+    assert "delivered 3 times" in rows[2]["error"]
+    assert client.status(job).status is JobStatus.COMPLETED
+
+
+def test_a_database_failure_releases_without_counting_and_a_worker_retakes_its_own_lease(client: Client) -> None:
+    job = client.submit("minilm", ["a", "b"])
+    store = Ledger(client.settings.resolved_database_url, max_attempts=2)
+    claim = store.claim(job, 0, worker="w@host")
+    assert isinstance(claim, Claim)
+    assert store.claim(job, 0, worker="other@host") is None  # a fresh lease of someone else
+    again = store.claim(job, 0, worker="w@host")  # its own stale lease: the worker is not running it
+    assert isinstance(again, Claim) and again.lease != claim.lease
+    assert store.release(job, 0, again.lease)  # a failed write: not the items' fault
+    assert store.release(job, 0, again.lease) is False
+    third = store.claim(job, 0, worker="other@host")
+    assert isinstance(third, Claim) and [i for i, _ in third.items] == [0, 1]  # not split: one lost run only
 
 
 def test_queued_chunks_of_the_same_model_are_coalesced_most_urgent_first(client: Client) -> None:
@@ -161,14 +192,15 @@ def test_runtime_acks_the_messages_of_chunks_it_closed_without_a_database_read(c
     assert deliveries == [1, 1, 1]
 
 
-def test_coalescing_dead_letters_a_chunk_past_its_attempts(client: Client) -> None:
+def test_a_retried_chunk_is_not_coalesced_and_fails_past_its_attempts(client: Client) -> None:
     poison = client.submit("minilm", ["p"])
     mine = client.submit("minilm", ["d"])
     engine = get_engine(client.settings.resolved_database_url)
     with engine.begin() as conn:  # delivered twice already (max_attempts=2 here), never finished
         conn.execute(update(Chunk.__table__).where(Chunk.job_id == poison).values(deliveries=2))
     store = Ledger(client.settings.resolved_database_url, max_attempts=2)
-    assert store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=10) == []
+    assert store.claim_queued("minilm", (mine, 0), max_chunks=10, max_items=10) == []  # retried chunks run alone
+    assert store.claim(poison, 0) is None  # its own message: past its attempts, it fails
     info = client.status(poison)
     assert (info.failed, info.status) == (1, JobStatus.FAILED)
 
@@ -221,8 +253,8 @@ def test_chunks_of_a_gone_worker_are_requeued_at_once(client: Client) -> None:
     sent = _sent(client)
     assert reconcile(client.dispatcher) == 1  # the lease is fresh, but its holder is gone
     assert sent == [(job, [0])]
-    again = store.claim(job, 0, worker="alive@host")  # no lease left: the next delivery takes it
-    assert again is not None and [i for i, _ in again.items] == [0, 1, 2, 3]
+    again = store.claim(job, 0, worker="alive@host")  # no lease left: the next delivery takes it at once,
+    assert isinstance(again, Split) and again.children == [2, 3]  # and splits it, as its run was lost
     assert store.claim(job, 1) is None  # the live worker's chunk stays with it
 
 
