@@ -6,8 +6,9 @@ from typing import Any
 
 from producer.inputs import InvalidRecord
 from sluice.errors import ValidationError
-from sluice.registry import ModelSpec
 from sluice.families.base import TaskFamily
+from sluice.registry import ModelSpec
+from sluice.settings import Settings
 
 MAX_REPORTED = 10
 
@@ -27,11 +28,16 @@ def check_item(
     params: dict[str, Any],
     record: dict[str, Any] | InvalidRecord,
     item: int,
-    max_chars: int,
+    settings: Settings,
 ) -> str | None:
-    """The error message for an item, or None when it is fine."""
+    """The error message for an item, or None when it is fine, under the submitter's ``settings``.
+
+    Text fields are bounded by ``settings.max_item_chars``; the family checks the rest, with the
+    same settings (image URL prefixes, for one).
+    """
     if isinstance(record, InvalidRecord):
         return record.error
+    max_chars = settings.max_item_chars
     fields = {**params, **record}
     for name in family.text_fields:
         value = fields.get(name)
@@ -41,7 +47,7 @@ def check_item(
                 f"{max_chars:,}; split the document or raise SLUICE_MAX_ITEM_CHARS"
             )
     try:
-        family.validate_item(fields, item, spec)
+        family.validate_item(fields, item, spec, settings)
     except ValidationError as exc:
         return str(exc)
     return None

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.batching import TokenBudget, plan_batches
 from sluice.families.base import Feature, ItemResult, TaskFamily
+from worker.batching import TokenBudget, plan_batches
 
 log = logging.getLogger("sluice.worker")
 
@@ -74,19 +74,19 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _prepare(family: TaskFamily, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
-    many = getattr(family, "preprocess_many", None)
+    """Every item's features (or its failure): the family's batched preprocessing, else item by item.
+
+    ``preprocess_many`` fails items on its own; should it raise all the same, the chunk is
+    preprocessed one item at a time so that only the bad item fails, and the fallback is logged.
+    """
     try:
-        if many is not None:
-            return many(items)  # type: ignore[no-any-return]
-    except Exception:
-        pass  # fall through: one item at a time, so only the bad one fails
-    out: list[list[Feature] | ItemResult] = []
-    for item, fields in items:
-        try:
-            out.append(family.preprocess(item, fields))
-        except Exception as exc:
-            out.append(ItemResult(item=item, error=f"{type(exc).__name__}: {exc}"))
-    return out
+        return family.preprocess_many(items)
+    except Exception as exc:
+        log.warning(
+            "model %s (%s): preprocessing %d items together raised %s: %s; preprocessing them one at a time",
+            family.spec.name, family.task, len(items), type(exc).__name__, exc,
+        )  # fmt: skip
+    return family.preprocess_each(items)
 
 
 class Engine:
@@ -107,7 +107,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.budget = budget or TokenBudget(max_batch_tokens)
 
-    def run(self, items: list[tuple[int, dict[str, Any]]]) -> Iterator[tuple[list[ItemResult], BatchStats]]:
+    def run(self, items: list[tuple[int, dict[str, Any]]]) -> Generator[tuple[list[ItemResult], BatchStats]]:
         """Yield ``(completed item results, batch stats)`` after every batch."""
         pending, features, failed_early = self._features(items)
         if failed_early:
@@ -192,6 +192,9 @@ class Engine:
                 # Without its traceback, whose frames would keep the failed pass's tensors alive.
                 return [exc.with_traceback(None)]
             oom = _is_oom(exc)
+            if not oom:
+                log.warning("model %s (%s): a batch of %d features raised %s: %s; running them one at a time",
+                            self.family.spec.name, self.family.task, len(batch), type(exc).__name__, exc)  # fmt: skip
         else:
             before = self.budget.current
             if self.budget.succeeded() != before:

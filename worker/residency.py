@@ -19,15 +19,18 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sluice.db import utcnow
-from sluice.registry import ModelSpec, Registry
-from sluice.sizes import format_size
-from worker.engine import BatchStats
+from sluice.clock import utcnow
 from sluice.families import family_for
 from sluice.families.base import TaskFamily
+from sluice.registry import ModelSpec, Registry
+from sluice.settings import Settings
+from sluice.sizes import format_size
+from worker.engine import BatchStats
+from worker.hooks import Hooks
 
 log = logging.getLogger("sluice.worker")
 
@@ -89,8 +92,9 @@ def weight_file_bytes(spec: ModelSpec) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
 
 
-def load_family(spec: ModelSpec, device: str) -> TaskFamily:
-    family = family_for(spec.task)(spec, device)
+def load_family(spec: ModelSpec, device: str, settings: Settings | None = None) -> TaskFamily:
+    """The registered model's family, set up on ``device``, run under the worker's ``settings``."""
+    family = family_for(spec.task)(spec, device, settings)
     family.setup()
     return family
 
@@ -119,6 +123,8 @@ class ModelPool:
     """Loaded task families by registered model name, kept within ``budget`` bytes by LRU eviction.
 
     ``on_change`` runs after every load or eviction (the worker rewrites its ``workers`` row).
+    ``settings`` are the worker's, handed to every family it loads (``Settings()`` when not given);
+    ``hooks`` hear of every load and eviction.
     ``load``, ``measure`` and ``estimate`` are seams for tests that use fake families.
     """
 
@@ -128,15 +134,20 @@ class ModelPool:
         device: str,
         budget: int | None = None,
         on_change: Callable[[], None] | None = None,
-        load: Callable[[ModelSpec, str], TaskFamily] = load_family,
+        load: Callable[[ModelSpec, str], TaskFamily] | None = None,
         measure: Callable[[TaskFamily], tuple[int, str | None]] = family_bytes,
         estimate: Callable[[ModelSpec], int] = weight_file_bytes,
+        settings: Settings | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.registry = registry
+        self.hooks = hooks
         self.device = device
         self.budget = budget
         self.on_change = on_change
-        self._load, self._measure, self._estimate = load, measure, estimate
+        self.settings = settings if settings is not None else Settings()
+        self._load = load or partial(load_family, settings=self.settings)
+        self._measure, self._estimate = measure, estimate
         self._residents: dict[str, Resident] = {}
         self._measured: dict[str, int] = {}  # exact sizes of models loaded before: better than estimates
         self._evictions: deque[dict[str, Any]] = deque(maxlen=KEPT_EVICTIONS)
@@ -184,6 +195,9 @@ class ModelPool:
         if self.budget is not None and size > self.budget:
             log.warning("model %s alone (%s) exceeds the memory budget %s", name, format_size(size),
                         format_size(self.budget))  # fmt: skip
+        if self.hooks is not None:
+            self.hooks.model_loaded(name, {"task": spec.task, "bytes": size, "dtype": dtype, "device": self.device,
+                                           "load_s": time.perf_counter() - started, "pinned": pin})  # fmt: skip
         # The estimate may have been short: check again now that the real size is known.
         others = [c for c in self._candidates() if c.name != name]
         self._evict(lru_victims(others, size, self.budget), for_model=name)
@@ -203,6 +217,8 @@ class ModelPool:
                                     "for": for_model})  # fmt: skip
             log.info("evicted model %s (%s, least recently used, last used %s) to make room for %s",
                      name, format_size(resident.bytes), resident.last_used.isoformat(), for_model)  # fmt: skip
+            if self.hooks is not None:
+                self.hooks.model_evicted(name, {"bytes": resident.bytes, "for": for_model})
             del resident
         if names:
             self._reclaim()

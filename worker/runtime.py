@@ -25,7 +25,7 @@ from worker.engine import BatchStats, Engine, shared_budget
 from worker.hooks import Hooks
 from worker.outage import Outage
 from worker.residency import ModelPool
-from worker.timelimit import ChunkTimeLimitError, time_limit
+from worker.timelimit import ChunkTimedOut, ChunkTimeLimitError, time_limit
 from worker.writer import ResultWriter
 
 log = logging.getLogger("sluice.worker")
@@ -79,7 +79,11 @@ class WorkerRuntime:
         self.ledger = dispatcher.ledger if dispatcher else Ledger.for_settings(settings)
         self.hooks = hooks or Hooks(settings)
         self.pool = ModelPool(
-            load_registry(settings.models_file), self.device, budget=settings.max_model_memory, settings=settings
+            load_registry(settings.models_file),
+            self.device,
+            budget=settings.max_model_memory,
+            settings=settings,
+            hooks=self.hooks,
         )
         self.dispatcher = dispatcher or Dispatcher(settings, self.ledger)
         self.outage = Outage("the database")
@@ -121,10 +125,13 @@ class WorkerRuntime:
         try:
             with time_limit(self.settings.chunk_time_limit):
                 report = self._run(claims)
-        except Exception as exc:
+        except (Exception, ChunkTimeLimitError) as exc:
             self._holding = []
-            self._release(claims, lost=isinstance(exc, ChunkTimeLimitError))
+            timed_out = isinstance(exc, ChunkTimeLimitError)
+            self._release(claims, lost=timed_out)
             self.hooks.chunk_failed(claims, exc)
+            if timed_out:
+                raise ChunkTimedOut(str(exc)) from exc
             raise
         self._holding = []
         self._remember(self.ledger.close_all(claims))

@@ -16,8 +16,17 @@ from types import FrameType
 from sluice.errors import SluiceError
 
 
-class ChunkTimeLimitError(SluiceError):
-    """A chunk ran past ``SLUICE_CHUNK_TIME_LIMIT``."""
+class ChunkTimeLimitError(BaseException):
+    """A chunk ran past ``SLUICE_CHUNK_TIME_LIMIT``.
+
+    A BaseException, as KeyboardInterrupt is: the engine's per-item ``except Exception`` must not
+    mistake it for a bad item, nor a hook's guard swallow it. The runtime turns it into a
+    :class:`ChunkTimedOut` once the chunk is released.
+    """
+
+
+class ChunkTimedOut(SluiceError):
+    """A chunk's run was stopped at its time limit; the chunk was released for a retry."""
 
 
 @contextmanager

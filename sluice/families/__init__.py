@@ -1,7 +1,9 @@
 """Task families, discovered from this package: adding a task is adding a module here.
 
 Every module defining a :class:`~sluice.families.base.TaskFamily` subclass with a ``task`` name
-is picked up; nothing in the queue code changes.
+is picked up; nothing in the queue code changes. The modules in ``_SKIP`` are helpers (the
+contract, shared checks and maths, collation, and the base classes families subclass): a family
+module imports only those, never another family.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from functools import cache
 from sluice.errors import ConfigError
 from sluice.families.base import TaskFamily
 
-_SKIP = {"base", "hf", "collate"}
+_SKIP = {"base", "collate", "common", "generation", "hf", "images"}
 
 
 @cache
@@ -36,6 +38,7 @@ def families() -> dict[str, type[TaskFamily]]:
 
 
 def family_for(task: str) -> type[TaskFamily]:
+    """The family class of ``task``; a :class:`ConfigError` listing the known tasks otherwise."""
     try:
         return families()[task]
     except KeyError:

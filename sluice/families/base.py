@@ -6,6 +6,12 @@ the per-feature outputs of an item into one :class:`ItemResult`. The batching lo
 (:mod:`worker.engine`) never looks inside features; the queue code never looks inside families.
 
 Submit-time validation is a classmethod so producers can check input without loading weights.
+Both sides get the caller's :class:`~sluice.settings.Settings` (the producer's at submit time, the
+worker's at run time), never the process-wide cached ones.
+
+An item fails alone in one way: :meth:`TaskFamily.preprocess` raises :class:`ItemError`, and
+:meth:`TaskFamily.preprocess_many` (what the engine calls) turns that into a failed
+:class:`ItemResult`.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sluice.errors import ValidationError
+from sluice.errors import ItemError
+from sluice.families.common import text_field
 from sluice.registry import ModelSpec
+from sluice.settings import Settings
 
 
 @dataclass
@@ -44,36 +52,6 @@ class ItemResult:
     compute_ms: float | None = None
 
 
-def text_field(fields: dict[str, Any], name: str, item: int, required: bool = True) -> str | None:
-    """Fetch a string field, with a message naming the item and the field when it is wrong."""
-    value = fields.get(name)
-    if value is None:
-        if required:
-            raise ValidationError(f"item {item}: missing required field {name!r}")
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(f"item {item}: field {name!r} must be a string, got {type(value).__name__}")
-    return value
-
-
-def int_option(fields: dict[str, Any], name: str, where: str, default: Any, minimum: int) -> Any:
-    """An integer option of at least ``minimum`` (``default`` when absent); ``where`` names the item or job params."""
-    value = fields.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValidationError(f"{where}: field {name!r} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def bool_option(fields: dict[str, Any], name: str, where: str, default: bool = False) -> bool:
-    """A true/false option (``default`` when absent); strings like "yes" are refused, not guessed."""
-    value = fields.get(name, default)
-    if not isinstance(value, bool):
-        raise ValidationError(f"{where}: field {name!r} must be true or false, got {value!r}")
-    return value
-
-
 class TaskFamily(ABC):
     """Base class of a task family: ``setup`` / ``preprocess`` / ``forward`` / ``postprocess``."""
 
@@ -81,9 +59,11 @@ class TaskFamily(ABC):
     #: fields of an item (after job params are merged in) that hold text to bound by size
     text_fields: ClassVar[tuple[str, ...]] = ("text",)
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+    def __init__(self, spec: ModelSpec, device: str = "cpu", settings: Settings | None = None) -> None:
+        """``settings`` are the worker's; without them (tests), ``Settings()`` read from the environment now."""
         self.spec = spec
         self.device = device
+        self.settings = settings if settings is not None else Settings()
 
     # submit time -------------------------------------------------------------------------
     @classmethod
@@ -91,8 +71,12 @@ class TaskFamily(ABC):
         """Check job-level options. Default: anything goes."""
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
-        """Check one item's fields (job params already merged in). Default: a ``text`` string."""
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
+        """Check one item's fields (job params already merged in) under the submitter's ``settings``.
+
+        Default: a ``text`` string. Overrides take ``settings`` too, used or not, so callers need
+        not know which families read them (image sources do).
+        """
         text_field(fields, "text", item)
 
     # run time ----------------------------------------------------------------------------
@@ -103,6 +87,30 @@ class TaskFamily(ABC):
     @abstractmethod
     def preprocess(self, item: int, fields: dict[str, Any]) -> list[Feature]:
         """Tokenise one item. Raise :class:`sluice.errors.ItemError` to fail it alone."""
+
+    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
+        """Features of every item, in order; a failed :class:`ItemResult` in place of an item that fails.
+
+        What the engine calls on a whole chunk. The default is :meth:`preprocess_each`; families
+        that tokenise many items in one call (far faster) override it.
+        """
+        return self.preprocess_each(items)
+
+    def preprocess_each(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
+        """:meth:`preprocess` item by item, so that an item that raises fails alone.
+
+        An :class:`ItemError`'s message is stored as it is; any other exception is stored with its
+        type name (``"ValueError: ..."``), since it is not a message written for the user.
+        """
+        out: list[list[Feature] | ItemResult] = []
+        for item, fields in items:
+            try:
+                out.append(self.preprocess(item, fields))
+            except ItemError as exc:
+                out.append(ItemResult(item=item, error=str(exc)))
+            except Exception as exc:
+                out.append(ItemResult(item=item, error=f"{type(exc).__name__}: {exc}"))
+        return out
 
     @abstractmethod
     def forward(self, batch: dict[str, Any]) -> Any:

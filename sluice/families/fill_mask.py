@@ -24,19 +24,23 @@ from typing import Any
 import numpy as np
 
 from sluice.errors import ConfigError, ItemError, ValidationError
+from sluice.families.base import Feature, ItemResult
+from sluice.families.common import int_option, text_field
+from sluice.families.hf import HFTextFamily, Prepared
 from sluice.registry import ModelSpec
-from sluice.families.base import Feature, ItemResult, int_option, text_field
-from sluice.families.hf import HFTextFamily
+from sluice.settings import Settings
 
 DEFAULT_TOP_K = 5
 DEFAULT_MASK_TOKEN = "[MASK]"
 
 
 def mask_token(spec: ModelSpec) -> str:
+    """The mask token texts must contain: the registry's ``mask_token``, default ``[MASK]``."""
     return str(spec.options.get("mask_token", DEFAULT_MASK_TOKEN))
 
 
 def top_k(fields: dict[str, Any], where: str) -> int:
+    """How many tokens to rank per mask (default 5)."""
     return int(int_option(fields, "top_k", where, DEFAULT_TOP_K, 1))
 
 
@@ -63,7 +67,7 @@ class FillMask(HFTextFamily):
         targets(params, "job params")
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
         text = text_field(fields, "text", item)
         token = mask_token(spec)
         if token not in text:  # type: ignore[operator]
@@ -107,7 +111,8 @@ class FillMask(HFTextFamily):
             raise ItemError(f"none of the targets {list(names)} maps to a token of this model's vocabulary")
         return np.array(ids)
 
-    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
+    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
+        """Tokenised texts; an item whose masks were all cut off by truncation fails alone."""
         out = super().preprocess_many(items)
         mask_id = self.tokenizer.mask_token_id
         for i, entry in enumerate(out):

@@ -1,5 +1,7 @@
 """What the generation families share: option checks, batched ``generate()`` and per-token scores.
 
+Not a family itself: the generation families subclass :class:`GenerationFamily`.
+
 A generation family's ``forward`` is one ``model.generate()`` call per group of rows that share
 their generation options (items may override job options, so one batch can hold several groups).
 
@@ -30,12 +32,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sluice.errors import ItemError, ValidationError
+from sluice.families.base import Feature, ItemResult
+from sluice.families.common import text_field
+from sluice.families.hf import HFTextFamily, Prepared
 from sluice.registry import ModelSpec
-from sluice.families.base import Feature, ItemResult, text_field
-from sluice.families.hf import HFTextFamily
+from sluice.settings import Settings
 
 #: ``generate()``'s own defaults for the options Sluice reads (``GenerationConfig._get_default_generation_params``),
 #: used when neither the job nor the model's generation config sets them.
@@ -125,6 +129,7 @@ def item_seed(seed: int, item: int) -> int:
 
 
 def _eos_ids(value: Any) -> list[int]:
+    """A generation config's ``eos_token_id`` (one id, a list or None) as a list."""
     if value is None:
         return []
     return [int(v) for v in (value if isinstance(value, list | tuple) else [value])]
@@ -227,7 +232,7 @@ class GenerationFamily(HFTextFamily):
         check_options(params, cls.options, "job params")
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
         text_field(fields, "text", item)
         check_options(fields, cls.options, f"item {item}")
 
@@ -280,8 +285,13 @@ class GenerationFamily(HFTextFamily):
         """The ids generation starts from; decoder-only families make room for the new tokens."""
         return ids
 
-    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
-        out: list[list[Feature] | ItemResult] = []
+    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
+        """Every item's prompt row, tokenised in one call; an item whose options cannot run fails alone."""
+        return self.batched(items, self._rows)
+
+    def _rows(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
+        """One feature per item from one :meth:`encode_many` call; an :class:`ItemError` fails its item."""
+        out: Prepared = []
         for (item, fields), ids in zip(items, self.encode_many(items), strict=True):
             try:
                 out.append([self.feature(item, fields, ids)])
@@ -335,7 +345,8 @@ class GenerationFamily(HFTextFamily):
         kwargs = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS and k != "do_sample"}
         # Beam search picks among each row's best max(2, 1 + #eos) * num_beams candidates; keep a few more.
         keep = (2 + len(self.eos_ids)) * int(config["num_beams"])
-        scorer = TokenScorer(mode, self.device, seeds=seeds if mode == "sample" else None, keep=keep)
+        # Sampling rows always carry a seed (item_seed); the other modes take none.
+        scorer = TokenScorer(mode, self.device, seeds=cast(list[int], seeds) if mode == "sample" else None, keep=keep)
         processors = [*sampling_warpers(config, self.device), scorer] if mode == "sample" else [scorer]
         # Only beam search needs the output object (for beam_indices); a plain tensor lets generate()
         # defer its stop checks instead of syncing with the GPU at every step.

@@ -1,12 +1,25 @@
-"""Shared plumbing for families built on a transformers tokenizer and an ``AutoModelForXXX`` class."""
+"""Shared plumbing for families built on a transformers tokenizer and an ``AutoModelForXXX`` class.
+
+Not a family itself: it holds the base classes text families subclass (:class:`HFTextFamily`,
+:class:`SequenceClassifier`, :class:`Embedder`), so that no family subclasses another family.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from sluice.errors import ItemError
-from sluice.registry import ModelSpec
 from sluice.families.base import Feature, ItemResult, TaskFamily
+from sluice.families.common import model_labels, score_function
+from sluice.registry import ModelSpec
+
+log = logging.getLogger("sluice.worker")
+
+#: what :meth:`HFTextFamily.batched` runs on: an item number and what its features are made from
+Entry = TypeVar("Entry", bound=tuple[int, Any])
+Prepared = list[list[Feature] | ItemResult]
 
 # Tokenizers report "no limit" as a huge sentinel; anything above this is not a real model limit.
 _NO_LIMIT = 1_000_000
@@ -27,8 +40,10 @@ def load_model(spec: ModelSpec, auto_class: str, device: str) -> Any:
     cls = getattr(transformers, auto_class)
     try:
         model = cls.from_pretrained(spec.path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=remote)
-    except (ValueError, ImportError):
+    except (ValueError, ImportError) as exc:
         # Architectures without an SDPA kernel fall back to their default attention.
+        log.info("model %s: no SDPA attention (%s: %s); loading with its default attention",
+                 spec.name, type(exc).__name__, exc)  # fmt: skip
         model = cls.from_pretrained(spec.path, dtype=dtype, trust_remote_code=remote)
     return model.to(device).eval()
 
@@ -46,7 +61,7 @@ class HFTextFamily(TaskFamily):
         import transformers
         from transformers import AutoTokenizer
 
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         remote = self.spec.trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path, trust_remote_code=remote)
         self.model = load_model(self.spec, self.auto_class, self.device)
@@ -71,33 +86,56 @@ class HFTextFamily(TaskFamily):
         return {name: enc[name] for name in self.tokenizer.model_input_names if name in enc}
 
     def preprocess(self, item: int, fields: dict[str, Any]) -> list[Feature]:
-        return self.preprocess_many([(item, fields)])[0]  # type: ignore[return-value]
+        """One item through :meth:`preprocess_many`; its failure is raised as :class:`ItemError`."""
+        (entry,) = self.preprocess_many([(item, fields)])
+        if isinstance(entry, ItemResult):
+            raise ItemError(entry.error or "preprocessing failed")
+        return entry
 
-    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
+    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
         """Tokenise a whole window of items at once; an item that cannot be tokenised fails alone."""
+        pairs = [fields.get("text_pair") for _, fields in items]
+        if any(p is not None for p in pairs) and not all(p is not None for p in pairs):
+            # The tokenizer takes pairs for all or none; split the window instead.
+            return [entry for x in items for entry in self.preprocess_many([x])]
+        return self.batched(items, self._text_features)
+
+    def _text_features(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
+        """One feature per item (``text``, with ``text_pair`` when every item has one), one tokenizer call."""
         texts = [str(fields.get("text", "")) for _, fields in items]
         pairs = [fields.get("text_pair") for _, fields in items]
-        has_pairs = any(p is not None for p in pairs)
-        if has_pairs and not all(p is not None for p in pairs):
-            # The tokenizer takes pairs for all or none; split the window instead.
-            return [self.preprocess_many([x])[0] for x in items]
-        try:
-            enc = self.encode(texts, pairs if has_pairs else None)  # type: ignore[arg-type]
-        except Exception:
-            if len(items) == 1:
-                raise
-            return [self._preprocess_alone(x) for x in items]
-        out: list[list[Feature] | ItemResult] = []
+        enc = self.encode(texts, [str(p) for p in pairs] if pairs and pairs[0] is not None else None)
+        out: Prepared = []
         for row, (item, _) in enumerate(items):
             ids = {name: values[row] for name, values in enc.items()}
             out.append([Feature(item=item, ids=ids, length=len(ids["input_ids"]))])
         return out
 
-    def _preprocess_alone(self, entry: tuple[int, dict[str, Any]]) -> list[Feature] | ItemResult:
+    def batched(self, entries: list[Entry], run: Callable[[list[Entry]], Prepared]) -> Prepared:
+        """``run`` on all ``entries`` in one go; when it raises, on each entry alone, so a bad item fails alone.
+
+        An entry is ``(item, anything)``; ``run`` returns one features list or failed result per
+        entry. An entry that raises on its own fails with ``"tokenisation failed: ..."`` (an
+        :class:`ItemError` with its own message).
+        """
         try:
-            return self.preprocess_many([entry])[0]
+            return run(entries)
         except Exception as exc:
-            return ItemResult(item=entry[0], error=f"tokenisation failed: {exc}")
+            if len(entries) == 1:
+                return [_failed(entries[0][0], exc)]
+            log.warning(
+                "model %s (%s): tokenising %d items together failed (%s: %s); tokenising them one at a time",
+                self.spec.name, self.task, len(entries), type(exc).__name__, exc,
+            )  # fmt: skip
+        return [self._alone(entry, run) for entry in entries]
+
+    @staticmethod
+    def _alone(entry: Entry, run: Callable[[list[Entry]], Prepared]) -> list[Feature] | ItemResult:
+        try:
+            (prepared,) = run([entry])
+        except Exception as exc:
+            return _failed(entry[0], exc)
+        return prepared
 
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in batch.items() if k in self.tokenizer.model_input_names}
@@ -107,4 +145,55 @@ class HFTextFamily(TaskFamily):
         self.tokenizer = None
 
 
-__all__ = ["HFTextFamily", "ItemError", "load_model", "torch_dtype"]
+def _failed(item: int, exc: Exception) -> ItemResult:
+    """The stored failure of an item that could not be tokenised."""
+    message = str(exc) if isinstance(exc, ItemError) else f"tokenisation failed: {exc}"
+    return ItemResult(item=item, error=message)
+
+
+class SequenceClassifier(HFTextFamily):
+    """``AutoModelForSequenceClassification`` with its labels and the pipeline's score function.
+
+    ``forward`` returns float32 logits per row; subclasses turn them into results.
+    """
+
+    auto_class = "AutoModelForSequenceClassification"
+
+    labels: list[str]
+    function: str
+
+    def setup(self) -> None:
+        super().setup()
+        self.labels = model_labels(self.spec, self.model.config)
+        self.function = score_function(self.model.config.problem_type, self.model.config.num_labels)
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        return self.model(**self.model_inputs(batch)).logits.float().cpu().numpy()
+
+
+class Embedder(HFTextFamily):
+    """``AutoModel`` pooled into one embedding per row, as sentence-transformers computes it.
+
+    Mean pooling averages token states under the attention mask; ``cls`` takes the first token;
+    ``normalize`` L2-normalises, which is what all-MiniLM-L6-v2's ``Normalize`` module does.
+    """
+
+    auto_class = "AutoModel"
+
+    def embed(self, batch: dict[str, Any]) -> Any:
+        """Pooled (and optionally normalised) float32 embeddings for a collated batch, on the device."""
+        import torch
+
+        hidden = self.model(**self.model_inputs(batch)).last_hidden_state.float()
+        if self.spec.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if self.spec.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        """Embeddings as a float32 array, one row per feature."""
+        return self.embed(batch).cpu().numpy()

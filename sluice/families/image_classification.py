@@ -11,15 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from sluice.registry import ModelSpec
-from sluice.families.base import Feature, ItemResult, int_option
+from sluice.families.base import Feature, ItemResult
+from sluice.families.common import apply_score_function, int_option, model_labels, ranked, score_function
 from sluice.families.images import HFImageFamily, validate_image
-from sluice.families.text_classification import apply_score_function, model_labels, ranked, score_function
+from sluice.registry import ModelSpec
+from sluice.settings import Settings
 
 DEFAULT_TOP_K = 5
 
 
 def top_k(fields: dict[str, Any], where: str) -> int:
+    """How many of the best labels to keep (default 5)."""
     return int(int_option(fields, "top_k", where, DEFAULT_TOP_K, 1))
 
 
@@ -32,8 +34,8 @@ class ImageClassification(HFImageFamily):
         top_k(params, "job params")
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
-        validate_image(fields, item)
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
+        validate_image(fields, item, settings)
         top_k(fields, f"item {item}")
 
     def setup(self) -> None:

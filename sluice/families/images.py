@@ -1,9 +1,12 @@
 """What the image families share: where an item's image may come from, and batching pixel values.
 
+Not a family itself: the image families subclass :class:`HFImageFamily`.
+
 An item's ``image`` field is a local file path, or an ``http(s)`` URL under one of the prefixes in
-``SLUICE_IMAGE_URL_PREFIXES`` (none by default, so a worker fetches nothing unless told to). Submit
-time checks that a path exists and holds an image PIL can read, and that a URL is allowed, without
-fetching it; run time checks the prefix again (a worker obeys its own settings) and loads with
+``Settings.image_url_prefixes`` (``SLUICE_IMAGE_URL_PREFIXES``; none by default, so a worker
+fetches nothing unless told to). Submit time checks, under the submitter's settings, that a path
+exists and holds an image PIL can read, and that a URL is allowed, without fetching it; run time
+checks the prefix again under the worker's settings (a worker obeys its own) and loads with
 ``transformers.image_utils.load_image``, as the pipelines do (EXIF orientation applied, RGB).
 
 Every image costs the same in the token budget: the number of patches of its processed pixels,
@@ -18,10 +21,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sluice.errors import ItemError, ValidationError
-from sluice.registry import ModelSpec
-from sluice.settings import get_settings
-from sluice.families.base import Feature, ItemResult, TaskFamily, text_field
+from sluice.families.base import Feature, TaskFamily
+from sluice.families.common import text_field
 from sluice.families.hf import load_model
+from sluice.registry import ModelSpec
+from sluice.settings import Settings
 
 URL_SCHEMES = ("http://", "https://")
 #: seconds to wait for an image URL; a slow server fails its item instead of stalling the chunk
@@ -31,6 +35,7 @@ DEFAULT_PATCH = 16
 
 
 def _url_error(url: str, item: int, name: str, prefixes: list[str]) -> str | None:
+    """Why ``url`` may not be fetched (not under any of ``prefixes``), or None when it may."""
     if any(url.startswith(prefix) for prefix in prefixes):
         return None
     allowed = ", ".join(repr(p) for p in prefixes) if prefixes else "none"
@@ -41,11 +46,11 @@ def _url_error(url: str, item: int, name: str, prefixes: list[str]) -> str | Non
     )
 
 
-def validate_image(fields: dict[str, Any], item: int, name: str = "image") -> None:
-    """Submit-time check of an image field, without a model and without fetching URLs."""
+def validate_image(fields: dict[str, Any], item: int, settings: Settings, name: str = "image") -> None:
+    """Submit-time check of an image field under ``settings``, without a model and without fetching URLs."""
     source = str(text_field(fields, name, item))
     if source.startswith(URL_SCHEMES):
-        error = _url_error(source, item, name, get_settings().image_url_prefixes)
+        error = _url_error(source, item, name, settings.image_url_prefixes)
         if error:
             raise ValidationError(error)
         return
@@ -62,10 +67,13 @@ def validate_image(fields: dict[str, Any], item: int, name: str = "image") -> No
         raise ValidationError(f"item {item}: field {name!r}: {source!r} is not a readable image ({exc})") from exc
 
 
-def load_image(source: str, item: int, name: str = "image") -> Any:
-    """The item's image as an RGB PIL image; raises :class:`ItemError` when it cannot be had."""
+def load_image(source: str, item: int, prefixes: list[str], name: str = "image") -> Any:
+    """The item's image as an RGB PIL image; raises :class:`ItemError` when it cannot be had.
+
+    A URL is fetched only under one of ``prefixes`` (the worker's ``image_url_prefixes``).
+    """
     if source.startswith(URL_SCHEMES):
-        error = _url_error(source, item, name, get_settings().image_url_prefixes)
+        error = _url_error(source, item, name, prefixes)
         if error:
             raise ItemError(error)
     elif not Path(source).is_file():
@@ -95,13 +103,13 @@ class HFImageFamily(TaskFamily):
     model: Any
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
-        validate_image(fields, item)
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
+        validate_image(fields, item, settings)
 
     def setup(self) -> None:
         import transformers
 
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         remote = self.spec.trust_remote_code
         # No backend is forced: without torchvision, transformers picks its PIL processors, as the pipelines do.
         self.processor = getattr(transformers, self.processor_class).from_pretrained(
@@ -114,11 +122,9 @@ class HFImageFamily(TaskFamily):
         patch = getattr(vision, "patch_size", None)
         self.patch = patch if isinstance(patch, int) and patch > 0 else DEFAULT_PATCH
 
-    def preprocess(self, item: int, fields: dict[str, Any]) -> list[Feature] | ItemResult:  # type: ignore[override]
-        try:
-            image = load_image(str(fields.get("image", "")), item)
-        except ItemError as exc:
-            return ItemResult(item=item, error=str(exc))
+    def preprocess(self, item: int, fields: dict[str, Any]) -> list[Feature]:
+        """The item's processed pixels; an image that cannot be had raises :class:`ItemError`."""
+        image = load_image(str(fields.get("image", "")), item, self.settings.image_url_prefixes)
         pixels = self.image_processor(images=image, return_tensors="np")["pixel_values"][0]
         cost = max(1, int(pixels.shape[-2] * pixels.shape[-1]) // (self.patch * self.patch))
         return [Feature(item=item, ids={}, length=cost, meta={"pixel_values": pixels, **self.item_meta(item, fields)})]

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sluice.errors import ConfigError, ValidationError
+from sluice.families.base import Feature, ItemResult
+from sluice.families.common import bool_option, int_option, text_field
+from sluice.families.hf import HFTextFamily, Prepared
 from sluice.registry import ModelSpec
-from sluice.families.base import Feature, ItemResult, bool_option, int_option, text_field
-from sluice.families.hf import HFTextFamily
+from sluice.settings import Settings
 
 # Token roles in a window's ``span_mask`` row: padding and question/special tokens are 0.
 _CONTEXT, _CLS = 1, 2
@@ -58,6 +61,10 @@ def qa_options(fields: dict[str, Any], item: int, max_length: int | None = None)
     )
 
 
+#: an item ready for windowing: ``(item, (position in the chunk, question as cut, options))``
+_Entry = tuple[int, tuple[int, str, QAOptions]]
+
+
 @dataclass
 class _Window:
     """What one window contributes: its best spans (character offsets) and its no-answer score."""
@@ -68,13 +75,16 @@ class _Window:
 
 
 def _char_span(encoding: Any, start: int, end: int) -> tuple[int, int]:
-    """Token span to context characters, widened to whole words as the 4.x pipeline does."""
-    try:
-        first = encoding.word_to_chars(encoding.token_to_word(start), sequence_index=1)[0]
-        last = encoding.word_to_chars(encoding.token_to_word(end), sequence_index=1)[1]
-    except Exception:  # tokenizers without word ids: plain token offsets
-        first, last = encoding.offsets[start][0], encoding.offsets[end][1]
-    return int(first), int(last)
+    """Token span to context characters, widened to whole words as the 4.x pipeline does.
+
+    Tokens without a word (tokenizers that give no word ids) keep their plain token offsets.
+    """
+    first_word, last_word = encoding.token_to_word(start), encoding.token_to_word(end)
+    first_chars = None if first_word is None else encoding.word_to_chars(first_word, sequence_index=1)
+    last_chars = None if last_word is None else encoding.word_to_chars(last_word, sequence_index=1)
+    if first_chars is None or last_chars is None:
+        return int(encoding.offsets[start][0]), int(encoding.offsets[end][1])
+    return int(first_chars[0]), int(last_chars[1])
 
 
 class QuestionAnswering(HFTextFamily):
@@ -83,7 +93,7 @@ class QuestionAnswering(HFTextFamily):
     text_fields = ("question", "context")
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
         for name in ("question", "context"):
             if not str(text_field(fields, name, item)).strip():
                 raise ValidationError(f"item {item}: field {name!r} is empty")
@@ -100,10 +110,10 @@ class QuestionAnswering(HFTextFamily):
         self.default_stride = min(128, self.max_length // 4)
 
     # preprocessing -----------------------------------------------------------------------
-    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
+    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
         """Windows of every item; items sharing a ``doc_stride`` are tokenised in one call."""
-        out: list[list[Feature] | ItemResult] = [[] for _ in items]
-        groups: dict[int, list[tuple[int, str, QAOptions]]] = defaultdict(list)
+        out: Prepared = [[] for _ in items]
+        groups: dict[int, list[_Entry]] = defaultdict(list)
         questions = self.tokenizer(
             [str(fields.get("question", "")) for _, fields in items],
             add_special_tokens=False,
@@ -119,16 +129,11 @@ class QuestionAnswering(HFTextFamily):
             except (ValidationError, KeyError) as exc:
                 out[pos] = ItemResult(item=item, error=str(exc))
                 continue
-            groups[stride].append((pos, question, options))
+            groups[stride].append((item, (pos, question, options)))
         for stride, group in groups.items():
-            try:
-                self._windows(items, group, stride, out)
-            except Exception:
-                if len(group) == 1:
-                    raise
-                for entry in group:  # one bad item must not fail the others
-                    pos = entry[0]
-                    out[pos] = self._preprocess_alone(items[pos])
+            prepared = self.batched(group, partial(self._windows, items, stride=stride))
+            for (_, (pos, _, _)), entry in zip(group, prepared, strict=True):
+                out[pos] = entry
         for pos, (item, _) in enumerate(items):
             entry = out[pos]
             if isinstance(entry, list) and not any(_CONTEXT in f.ids["span_mask"] for f in entry):
@@ -154,16 +159,11 @@ class QuestionAnswering(HFTextFamily):
                 f"for the context, not more than doc_stride ({stride}); lower 'doc_stride' or 'max_question_len'"
             )
 
-    def _windows(
-        self,
-        items: list[tuple[int, dict[str, Any]]],
-        group: list[tuple[int, str, QAOptions]],
-        stride: int,
-        out: list[list[Feature] | ItemResult],
-    ) -> None:
+    def _windows(self, items: list[tuple[int, dict[str, Any]]], group: list[_Entry], stride: int) -> Prepared:
+        """The windows of each entry of ``group`` (question and context), from one tokenizer call."""
         enc = self.tokenizer(
-            [question for _, question, _ in group],
-            [str(items[pos][1]["context"]) for pos, _, _ in group],
+            [question for _, (_, question, _) in group],
+            [str(items[pos][1]["context"]) for _, (pos, _, _) in group],
             truncation="only_second",
             max_length=self.max_length,
             stride=stride,
@@ -172,9 +172,9 @@ class QuestionAnswering(HFTextFamily):
         )
         names = [name for name in self.tokenizer.model_input_names if name in enc]
         cls_id = self.tokenizer.cls_token_id
-        windows: dict[int, list[Feature]] = defaultdict(list)
+        windows: list[list[Feature]] = [[] for _ in group]
         for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
-            pos, _, options = group[sample]
+            item, (_, _, options) = group[sample]
             encoding = enc.encodings[row]
             ids = {name: enc[name][row] for name in names}
             # The 4.x pipeline keeps every [CLS] out of the mask: it takes part in the softmax.
@@ -183,9 +183,8 @@ class QuestionAnswering(HFTextFamily):
                 for seq, token in zip(encoding.sequence_ids, encoding.ids, strict=True)
             ]
             meta = {"encoding": encoding, "options": options}
-            windows[pos].append(Feature(item=items[pos][0], ids=ids, length=len(encoding.ids), meta=meta))
-        for pos, features in windows.items():
-            out[pos] = features
+            windows[sample].append(Feature(item=item, ids=ids, length=len(encoding.ids), meta=meta))
+        return windows  # type: ignore[return-value]
 
     # model -------------------------------------------------------------------------------
     def collate(self, features: list[Feature]) -> dict[str, Any]:

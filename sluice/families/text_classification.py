@@ -1,8 +1,9 @@
 """``text-classification``: ``AutoModelForSequenceClassification`` with the pipeline's score maths.
 
 The score function follows ``transformers.pipeline("text-classification")``: sigmoid for
-multi-label models or a single logit, none for regression, softmax otherwise. Items may carry a
-``text_pair`` for sentence-pair models.
+multi-label models or a single logit, none for regression, softmax otherwise
+(:func:`sluice.families.common.score_function`). Items may carry a ``text_pair`` for
+sentence-pair models.
 """
 
 from __future__ import annotations
@@ -11,62 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from sluice.errors import ValidationError
+from sluice.families.base import Feature, ItemResult
+from sluice.families.common import apply_score_function, ranked, text_field
+from sluice.families.hf import SequenceClassifier
 from sluice.registry import ModelSpec
-from sluice.families.base import Feature, ItemResult, text_field
-from sluice.families.hf import HFTextFamily
+from sluice.settings import Settings
 
 
-def score_function(problem_type: str | None, num_labels: int) -> str:
-    """Which function turns logits into scores, exactly as the pipeline chooses it."""
-    if problem_type == "regression":
-        return "none"
-    if problem_type == "multi_label_classification" or num_labels == 1:
-        return "sigmoid"
-    return "softmax"
-
-
-def apply_score_function(logits: np.ndarray, function: str) -> np.ndarray:
-    if function == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
-    if function == "softmax":
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
-    return logits
-
-
-def model_labels(spec: ModelSpec, config: Any) -> list[str]:
-    """Output labels: the registry's ``labels`` when given, else the model config's ``id2label``."""
-    labels = list(spec.labels or [config.id2label[i] for i in range(config.num_labels)])
-    if len(labels) != config.num_labels:
-        raise ValidationError(
-            f"registry model {spec.name!r} names {len(labels)} labels but the model has {config.num_labels} outputs"
-        )
-    return labels
-
-
-def ranked(labels: list[str], scores: np.ndarray) -> list[dict[str, Any]]:
-    """Labels with scores, best first (ties keep label order, as a stable sort does)."""
-    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
-    return [{"label": labels[i], "score": float(scores[i])} for i in order]
-
-
-class TextClassification(HFTextFamily):
+class TextClassification(SequenceClassifier):
     task = "text-classification"
-    auto_class = "AutoModelForSequenceClassification"
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
         text_field(fields, "text", item)
         text_field(fields, "text_pair", item, required=False)
-
-    def setup(self) -> None:
-        super().setup()
-        self.labels = model_labels(self.spec, self.model.config)
-        self.function = score_function(self.model.config.problem_type, self.model.config.num_labels)
-
-    def forward(self, batch: dict[str, Any]) -> Any:
-        return self.model(**self.model_inputs(batch)).logits.float().cpu().numpy()
 
     def postprocess(self, features: list[Feature], outputs: Any) -> list[ItemResult]:
         scores = apply_score_function(np.asarray(outputs, dtype=np.float32), self.function)

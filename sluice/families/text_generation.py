@@ -22,8 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from sluice.errors import ItemError, ValidationError
-from sluice.registry import ModelSpec
 from sluice.families.generation import GenerationFamily
+from sluice.registry import ModelSpec
+from sluice.settings import Settings
 
 
 class TextGeneration(GenerationFamily):
@@ -35,8 +36,8 @@ class TextGeneration(GenerationFamily):
     padding_side = "left"
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
-        super().validate_item(fields, item, spec)
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
+        super().validate_item(fields, item, spec, settings)
         new = fields.get("max_new_tokens") or cls.default_max_new_tokens
         if spec.max_length and new >= spec.max_length:
             raise ValidationError(

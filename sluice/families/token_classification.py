@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from sluice.errors import ConfigError, ValidationError
+from sluice.families.base import Feature, ItemResult
+from sluice.families.common import apply_score_function, model_labels, text_field
+from sluice.families.hf import HFTextFamily, Prepared
 from sluice.registry import ModelSpec
-from sluice.families.base import Feature, ItemResult, text_field
-from sluice.families.hf import HFTextFamily
-from sluice.families.text_classification import apply_score_function, model_labels
+from sluice.settings import Settings
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 #: strategies that force one label per word, so they need to know where words start
@@ -49,6 +50,7 @@ def aggregation_strategy(fields: dict[str, Any], where: str) -> str:
 
 
 def ignore_labels(fields: dict[str, Any], where: str) -> frozenset[str]:
+    """Labels whose entities are dropped (default ``["O"]``)."""
     value = fields.get("ignore_labels", list(DEFAULT_IGNORE))
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         raise ValidationError(f"{where}: 'ignore_labels' must be a list of label names like [\"O\"]; got {value!r}")
@@ -97,7 +99,7 @@ class TokenClassification(HFTextFamily):
         ignore_labels(params, "job params")
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
         text_field(fields, "text", item)
         aggregation_strategy(fields, f"item {item}")
         ignore_labels(fields, f"item {item}")
@@ -125,22 +127,21 @@ class TokenClassification(HFTextFamily):
             )
         return stride
 
-    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
+    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
         """One feature per window of ``max_length`` tokens, windows overlapping by ``stride`` tokens."""
-        try:
-            enc = self.tokenizer(
-                [str(fields.get("text", "")) for _, fields in items],
-                truncation=True,
-                max_length=self.max_length,
-                stride=self.stride,
-                return_overflowing_tokens=True,
-                return_offsets_mapping=True,
-                return_special_tokens_mask=True,
-            )
-        except Exception:
-            if len(items) == 1:
-                raise
-            return [self._preprocess_alone(x) for x in items]
+        return self.batched(items, self._windows)
+
+    def _windows(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
+        """The windows of every item's ``text``, from one tokenizer call."""
+        enc = self.tokenizer(
+            [str(fields.get("text", "")) for _, fields in items],
+            truncation=True,
+            max_length=self.max_length,
+            stride=self.stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
         names = [name for name in self.tokenizer.model_input_names if name in enc]
         windows: list[list[Feature]] = [[] for _ in items]
         for row, sample in enumerate(enc["overflow_to_sample_mapping"]):

@@ -19,32 +19,22 @@ from typing import Any
 import numpy as np
 
 from sluice.errors import ConfigError, ValidationError
+from sluice.families.base import Feature, ItemResult
+from sluice.families.common import apply_score_function, bool_option, candidate_labels, hypothesis_template, text_field
+from sluice.families.hf import Prepared, SequenceClassifier
 from sluice.registry import ModelSpec
-from sluice.families.base import Feature, ItemResult, bool_option, text_field
-from sluice.families.text_classification import TextClassification, apply_score_function
-from sluice.families.zero_shot_similarity import candidate_labels
+from sluice.settings import Settings
 
 DEFAULT_TEMPLATE = "This example is {}."
 
 
-def hypothesis_template(fields: dict[str, Any], item: int) -> str:
-    template = fields.get("hypothesis_template", DEFAULT_TEMPLATE)
-    if not isinstance(template, str) or "{}" not in template:
-        raise ValidationError(
-            f"item {item}: field 'hypothesis_template' must be a string with {{}} where the label goes, "
-            f"like {DEFAULT_TEMPLATE!r}; got {template!r}"
-        )
-    try:
-        template.format("label")
-    except (IndexError, KeyError, ValueError) as exc:
-        raise ValidationError(
-            f"item {item}: field 'hypothesis_template' {template!r} cannot be formatted with a label ({exc}); "
-            "use {} once and double any other braces"
-        ) from None
-    return template
+def template(fields: dict[str, Any], item: int) -> str:
+    """The item's hypothesis template (:func:`sluice.families.common.hypothesis_template`)."""
+    return hypothesis_template(fields, f"item {item}", DEFAULT_TEMPLATE)
 
 
 def multi_label(fields: dict[str, Any], item: int) -> bool:
+    """Whether each label is scored on its own (entailment against contradiction)."""
     return bool_option(fields, "multi_label", f"item {item}")
 
 
@@ -52,14 +42,14 @@ def _label_id(labels: list[str], prefix: str) -> int | None:
     return next((i for i, label in enumerate(labels) if label.lower().startswith(prefix)), None)
 
 
-class ZeroShotClassification(TextClassification):
+class ZeroShotClassification(SequenceClassifier):
     task = "zero-shot-classification"
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
         text_field(fields, "text", item)
         candidate_labels(fields, item)
-        hypothesis_template(fields, item)
+        template(fields, item)
         multi_label(fields, item)
 
     def setup(self) -> None:
@@ -75,32 +65,31 @@ class ZeroShotClassification(TextClassification):
             contradiction = len(self.labels) - 1 if entailment == 0 else 0
         self.entailment, self.contradiction = entailment, contradiction
 
-    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
+    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
         """One premise/hypothesis pair per candidate label, every item's pairs tokenised in one call."""
+        return self.batched(items, self._pair_features)
+
+    def _pair_features(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
+        """The pairs of ``items`` in one tokenizer call; an item with bad labels or template fails alone."""
         premises: list[str] = []
         hypotheses: list[str] = []
         owners: list[int] = []
-        out: list[list[Feature] | ItemResult] = []
+        out: Prepared = []
         for pos, (item, fields) in enumerate(items):
             try:
                 labels = candidate_labels(fields, item)
-                template = hypothesis_template(fields, item)
+                hypothesis = template(fields, item)
             except ValidationError as exc:
                 out.append(ItemResult(item=item, error=str(exc)))
                 continue
             out.append([])
             premises.extend([str(fields.get("text", ""))] * len(labels))
-            hypotheses.extend(template.format(label) for label in labels)
+            hypotheses.extend(hypothesis.format(label) for label in labels)
             owners.extend([pos] * len(labels))
         if not owners:
             return out
-        try:
-            # only_first: the hypothesis (the label) is never cut, as in the pipeline.
-            enc = self.tokenizer(premises, hypotheses, truncation="only_first", max_length=self.max_length)
-        except Exception:
-            if len(items) == 1:
-                raise
-            return [self._preprocess_alone(x) for x in items]
+        # only_first: the hypothesis (the label) is never cut, as in the pipeline.
+        enc = self.tokenizer(premises, hypotheses, truncation="only_first", max_length=self.max_length)
         names = [name for name in self.tokenizer.model_input_names if name in enc]
         for row, pos in enumerate(owners):
             ids = {name: enc[name][row] for name in names}

@@ -16,29 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from sluice.errors import ValidationError
-from sluice.registry import ModelSpec
 from sluice.families.base import Feature, ItemResult
+from sluice.families.common import apply_score_function, candidate_labels, hypothesis_template, ranked
 from sluice.families.images import HFImageFamily, validate_image
-from sluice.families.text_classification import apply_score_function, ranked
-from sluice.families.zero_shot_similarity import candidate_labels
+from sluice.registry import ModelSpec
+from sluice.settings import Settings
 
 DEFAULT_TEMPLATE = "This is a photo of {}."
 
 
-def hypothesis_template(fields: dict[str, Any], where: str) -> str:
-    template = fields.get("hypothesis_template", DEFAULT_TEMPLATE)
-    try:
-        if not isinstance(template, str):
-            raise TypeError(f"got {type(template).__name__}")
-        if template.format("label") == template:
-            raise ValueError("no placeholder: every label would get the same hypothesis")
-    except (TypeError, ValueError, KeyError, IndexError) as exc:
-        raise ValidationError(
-            f"{where}: 'hypothesis_template' must be a string with one '{{}}' for the label, "
-            f"like {DEFAULT_TEMPLATE!r} ({exc})"
-        ) from exc
-    return template
+def template(fields: dict[str, Any], where: str) -> str:
+    """The hypothesis template (:func:`sluice.families.common.hypothesis_template`); ``where`` names item or job."""
+    return hypothesis_template(fields, where, DEFAULT_TEMPLATE)
 
 
 def _pooled(output: Any) -> Any:
@@ -55,13 +44,13 @@ class ZeroShotImageClassification(HFImageFamily):
 
     @classmethod
     def validate_params(cls, params: dict[str, Any], spec: ModelSpec) -> None:
-        hypothesis_template(params, "job params")
+        template(params, "job params")
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
-        validate_image(fields, item)
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
+        validate_image(fields, item, settings)
         candidate_labels(fields, item)
-        hypothesis_template(fields, f"item {item}")
+        template(fields, f"item {item}")
 
     def setup(self) -> None:
         super().setup()
@@ -75,11 +64,11 @@ class ZeroShotImageClassification(HFImageFamily):
             and hasattr(model, "logit_scale")
             and not hasattr(model, "logit_bias")
         )
-        self._text_embeds = lru_cache(maxsize=256)(self._embed_hypotheses)
+        self._text_embeds: Any = lru_cache(maxsize=256)(self._embed_hypotheses)
 
     def item_meta(self, item: int, fields: dict[str, Any]) -> dict[str, Any]:
         labels = tuple(candidate_labels(fields, item))
-        return {"labels": labels, "template": hypothesis_template(fields, f"item {item}")}
+        return {"labels": labels, "template": template(fields, f"item {item}")}
 
     def _tokenize(self, labels: tuple[str, ...], template: str) -> dict[str, Any]:
         """The hypotheses of a label set, tokenised as the pipeline does it."""

@@ -15,31 +15,18 @@ from typing import Any
 import numpy as np
 
 from sluice.errors import ValidationError
+from sluice.families.base import Feature, ItemResult
+from sluice.families.common import apply_score_function, candidate_labels, ranked, text_field
+from sluice.families.hf import Embedder, Prepared
 from sluice.registry import ModelSpec
-from sluice.families.base import Feature, ItemResult, text_field
-from sluice.families.feature_extraction import FeatureExtraction
-from sluice.families.text_classification import apply_score_function, ranked
+from sluice.settings import Settings
 
 
-def candidate_labels(fields: dict[str, Any], item: int) -> list[str]:
-    labels = fields.get("candidate_labels")
-    if isinstance(labels, str):
-        labels = [part.strip() for part in labels.split(",") if part.strip()]
-    if not labels or not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
-        raise ValidationError(
-            f"item {item}: 'candidate_labels' must be a non-empty list of strings; "
-            'give it for the job with --param \'candidate_labels=["a","b"]\' or per item'
-        )
-    if len(set(labels)) != len(labels):
-        raise ValidationError(f"item {item}: 'candidate_labels' has duplicates: {labels}")
-    return labels
-
-
-class ZeroShotSimilarity(FeatureExtraction):
+class ZeroShotSimilarity(Embedder):
     task = "zero-shot-similarity"
 
     @classmethod
-    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec) -> None:
+    def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
         text_field(fields, "text", item)
         candidate_labels(fields, item)
 
@@ -54,18 +41,26 @@ class ZeroShotSimilarity(FeatureExtraction):
         batch = self.collate([Feature(item=i, ids=ids, length=0) for i, ids in enumerate(self._rows(list(labels)))])
         with torch.inference_mode():
             matrix = self.embed(batch).cpu().numpy()
-        return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        return np.asarray(matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12))
 
     def _rows(self, texts: list[str]) -> list[dict[str, list[int]]]:
         enc = self.encode(texts)
         return [{name: enc[name][i] for name in enc} for i in range(len(texts))]
 
-    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
+    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> Prepared:
+        """The documents' features, each carrying its item's candidate labels (bad labels fail the item)."""
         out = super().preprocess_many(items)
-        for entry, (_, fields) in zip(out, items, strict=True):
-            if isinstance(entry, list):
-                for feature in entry:
-                    feature.meta["labels"] = tuple(candidate_labels(fields, feature.item))
+        for pos, (item, fields) in enumerate(items):
+            entry = out[pos]
+            if not isinstance(entry, list):
+                continue
+            try:
+                labels = tuple(candidate_labels(fields, item))
+            except ValidationError as exc:
+                out[pos] = ItemResult(item=item, error=str(exc))
+                continue
+            for feature in entry:
+                feature.meta["labels"] = labels
         return out
 
     def postprocess(self, features: list[Feature], outputs: Any) -> list[ItemResult]:

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from sluice.errors import ItemError
+from sluice.families.base import Feature, ItemResult, TaskFamily
 from sluice.registry import ModelSpec
 from worker.batching import TokenBudget
 from worker.engine import Engine, shared_budget
-from sluice.families.base import Feature, ItemResult, TaskFamily
 
 
 class Echo(TaskFamily):
@@ -29,6 +30,8 @@ class Echo(TaskFamily):
     def preprocess(self, item: int, fields: dict[str, Any]) -> list[Feature]:
         if fields["text"] == "untokenisable":
             raise ValueError("cannot tokenise")
+        if fields["text"] == "refused":
+            raise ItemError("item refused: its message is stored as it is")
         words = fields["text"].split()
         # Two windows for long texts, to exercise combine().
         windows = [words[:5], words[5:]] if len(words) > 5 else [words]
@@ -111,3 +114,23 @@ def test_item_that_cannot_be_collated_fails_alone() -> None:
     out = _run(Uncollatable(), ["a b", "c nocollate", "d e"], max_batch_size=8)
     assert out[1].error == "ValueError: cannot collate"
     assert out[0].score == 2 and out[2].score == 2
+
+
+class BrokenBatch(Echo):
+    """Batched preprocessing that raises: the engine must fall back to item by item, and say so."""
+
+    def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
+        raise RuntimeError("batch tokeniser broke")
+
+
+def test_batched_preprocessing_that_raises_falls_back_item_by_item_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="sluice.worker"):
+        out = _run(BrokenBatch(), ["a b", "untokenisable", "refused", "c"])
+    assert out[0].score == 2 and out[3].score == 1
+    assert out[1].error == "ValueError: cannot tokenise"
+    assert out[2].error == "item refused: its message is stored as it is"
+    assert "model echo (echo-test): preprocessing 4 items together raised RuntimeError: batch tokeniser broke" in (
+        caplog.text
+    )

@@ -9,11 +9,12 @@ import pytest
 
 from producer.validate import check_item
 from sluice.errors import ConfigError, ValidationError
-from sluice.registry import ModelSpec
-from tests.models.fill_mask import MASK, build_masked_lm, check, pipeline_predictions
-from tests.unit.test_oracles import run_engine
 from sluice.families import family_for
 from sluice.families.fill_mask import FillMask
+from sluice.registry import ModelSpec
+from sluice.settings import Settings
+from tests.models.fill_mask import MASK, build_masked_lm, check, pipeline_predictions
+from tests.unit.test_oracles import run_engine
 
 TASK = "fill-mask"
 
@@ -29,7 +30,7 @@ def make_spec(model_dir: Path | str = "/nowhere", **options: Any) -> ModelSpec:
 
 def problem(fields: Any, params: dict[str, Any] | None = None, spec: ModelSpec | None = None) -> str | None:
     # Submit time never loads the model: the spec points nowhere.
-    return check_item(FillMask, spec or make_spec(), params or {}, fields, 4, max_chars=10_000)
+    return check_item(FillMask, spec or make_spec(), params or {}, fields, 4, Settings(max_item_chars=10_000))
 
 
 def test_registered_under_its_task() -> None:

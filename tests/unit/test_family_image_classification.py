@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from producer.validate import check_item
+from sluice.families import families, family_for
+from sluice.families.image_classification import ImageClassification
 from sluice.registry import ModelSpec
 from sluice.settings import Settings, get_settings
 from tests.models.image_classification import build_image_classifier, pipeline_rows
 from tests.models.images import check_ranked, image_paths
 from tests.unit.test_oracles import run_engine
 from worker.engine import Engine
-from sluice.families import families, family_for
-from sluice.families.image_classification import ImageClassification
 
 TASK = "image-classification"
 
@@ -70,7 +70,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def _error(fields: dict[str, Any], spec: ModelSpec, params: dict[str, Any] | None = None) -> str | None:
-    return check_item(ImageClassification, spec, params or {}, fields, 7, max_chars=1000)
+    return check_item(ImageClassification, spec, params or {}, fields, 7, Settings(max_item_chars=1000))
 
 
 def test_family_is_discovered_and_helpers_are_not() -> None:

@@ -9,10 +9,11 @@ import pytest
 
 from producer.validate import check_item
 from sluice.errors import ValidationError
+from sluice.families.question_answering import QuestionAnswering
 from sluice.registry import ModelSpec
+from sluice.settings import Settings
 from tests.models.question_answering import build_qa_model, check, qa_inputs, reference_answers
 from tests.unit.test_oracles import run_engine
-from sluice.families.question_answering import QuestionAnswering
 
 SPEC = ModelSpec(name="qa", task="question-answering", path="unused", max_length=128)
 OK = {"question": "what?", "context": "Paris is in France."}
@@ -38,15 +39,17 @@ OK = {"question": "what?", "context": "Paris is in France."}
 )
 def test_validation_names_item_and_field(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
-        QuestionAnswering.validate_item(fields, 3, SPEC)
+        QuestionAnswering.validate_item(fields, 3, SPEC, Settings())
 
 
 def test_validation_of_job_params_and_good_items() -> None:
-    QuestionAnswering.validate_item({**OK, "top_k": 3, "doc_stride": 0, "handle_impossible_answer": True}, 0, SPEC)
+    QuestionAnswering.validate_item(
+        {**OK, "top_k": 3, "doc_stride": 0, "handle_impossible_answer": True}, 0, SPEC, Settings()
+    )
     # Job params are merged under each item at submit time, so a bad one is reported per item.
-    error = check_item(QuestionAnswering, SPEC, {"top_k": -1}, dict(OK), 7, 10_000)
+    error = check_item(QuestionAnswering, SPEC, {"top_k": -1}, dict(OK), 7, Settings(max_item_chars=10_000))
     assert error is not None and error.startswith("item 7: field 'top_k'")
-    error = check_item(QuestionAnswering, SPEC, {}, {**OK, "context": "x" * 20}, 8, 10)
+    error = check_item(QuestionAnswering, SPEC, {}, {**OK, "context": "x" * 20}, 8, Settings(max_item_chars=10))
     assert error is not None and error.startswith("item 8: field 'context' has 20 characters")
 
 

@@ -9,12 +9,13 @@ import pytest
 
 from producer.validate import check_item
 from sluice.errors import ValidationError
+from sluice.families import family_for
+from sluice.families.seq2seq import Seq2SeqGeneration, Summarization, Text2TextGeneration, Translation
 from sluice.registry import ModelSpec
+from sluice.settings import Settings
 from tests.models.common import mixed_texts
 from tests.models.seq2seq import EN_DE, build_bart, build_t5, generate_rows
 from tests.unit.test_family_text_generation import assert_same, loaded, run_items
-from sluice.families import family_for
-from sluice.families.seq2seq import Seq2SeqGeneration, Summarization, Text2TextGeneration, Translation
 
 TASKS = {"summarization": Summarization, "translation": Translation, "text2text-generation": Text2TextGeneration}
 
@@ -35,7 +36,7 @@ def documents(n: int, seed: int = 8) -> list[dict[str, Any]]:
 
 def problem(task: str, fields: Any, params: dict[str, Any] | None = None, item: int = 3) -> str | None:
     spec = ModelSpec(name="s2s", task=task, path="/nowhere")
-    return check_item(TASKS[task], spec, params or {}, fields, item, max_chars=10_000)
+    return check_item(TASKS[task], spec, params or {}, fields, item, Settings(max_item_chars=10_000))
 
 
 @pytest.mark.parametrize("task", TASKS)

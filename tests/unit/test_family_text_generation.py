@@ -9,14 +9,15 @@ import pytest
 
 from producer.validate import check_item
 from sluice.errors import ValidationError
+from sluice.families import family_for
+from sluice.families.generation import GENERATE_DEFAULTS, GenerationFamily, TokenScorer, item_seed
+from sluice.families.text_generation import TextGeneration
 from sluice.registry import ModelSpec
+from sluice.settings import Settings
 from tests.models.common import mixed_texts
 from tests.models.text_generation import build_gpt2, build_llama, pipeline_rows
 from worker.batching import plan_batches
 from worker.engine import Engine
-from sluice.families import family_for
-from sluice.families.generation import GENERATE_DEFAULTS, GenerationFamily, TokenScorer, item_seed
-from sluice.families.text_generation import TextGeneration
 
 TASK = "text-generation"
 
@@ -59,7 +60,7 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 def problem(fields: Any, params: dict[str, Any] | None = None, item: int = 3, **spec: Any) -> str | None:
     spec_ = ModelSpec(name="gen", task=TASK, path="/nowhere", **spec)  # submit time never loads the model
-    return check_item(TextGeneration, spec_, params or {}, fields, item, max_chars=10_000)
+    return check_item(TextGeneration, spec_, params or {}, fields, item, Settings(max_item_chars=10_000))
 
 
 def test_registered_under_its_task() -> None:

@@ -10,10 +10,6 @@ import pytest
 
 from producer.validate import check_item
 from sluice.errors import ConfigError, ValidationError
-from sluice.registry import ModelSpec
-from tests.models.common import mixed_texts
-from tests.models.token_classification import build_token_classifier, check, pipeline_entities
-from tests.unit.test_oracles import run_engine
 from sluice.families import family_for
 from sluice.families.token_classification import (
     STRATEGIES,
@@ -21,6 +17,11 @@ from sluice.families.token_classification import (
     aggregate_overlapping_entities,
     get_tag,
 )
+from sluice.registry import ModelSpec
+from sluice.settings import Settings
+from tests.models.common import mixed_texts
+from tests.models.token_classification import build_token_classifier, check, pipeline_entities
+from tests.unit.test_oracles import run_engine
 
 TASK = "token-classification"
 
@@ -42,7 +43,7 @@ def loaded(spec: ModelSpec) -> TokenClassification:
 
 def problem(fields: Any, params: dict[str, Any] | None = None, item: int = 3) -> str | None:
     spec = ModelSpec(name="ner", task=TASK, path="/nowhere")  # submit time never loads the model
-    return check_item(TokenClassification, spec, params or {}, fields, item, max_chars=10_000)
+    return check_item(TokenClassification, spec, params or {}, fields, item, Settings(max_item_chars=10_000))
 
 
 def test_registered_under_its_task() -> None:

@@ -11,11 +11,12 @@ import pytest
 
 from producer.validate import check_item
 from sluice.errors import ConfigError, ValidationError
+from sluice.families.zero_shot_classification import ZeroShotClassification
 from sluice.registry import ModelSpec
+from sluice.settings import Settings
 from tests.models.common import build_text_classifier, mixed_texts
 from tests.models.zero_shot_classification import NLI, TOPICS, build_nli_model
 from tests.unit.test_oracles import run_engine
-from sluice.families.zero_shot_classification import ZeroShotClassification
 
 SPEC = ModelSpec(name="nli", task="zero-shot-classification", path="unused")
 OK = {"text": "The match ended in a draw.", "candidate_labels": ["sport", "politics"]}
@@ -32,20 +33,24 @@ OK = {"text": "The match ended in a draw.", "candidate_labels": ["sport", "polit
         ({**OK, "hypothesis_template": "This example is about it."}, "item 3: field 'hypothesis_template' must"),
         ({**OK, "hypothesis_template": 5}, "item 3: field 'hypothesis_template' must be a string with {}"),
         ({**OK, "hypothesis_template": "{} and {x}"}, "item 3: field 'hypothesis_template' '{} and {x}' cannot be"),
+        ({**OK, "hypothesis_template": "About {{}}."}, "item 3: field 'hypothesis_template' must"),  # no placeholder
+        ({**OK, "hypothesis_template": "About {0}."}, "item 3: field 'hypothesis_template' 'About {0}.' cannot be"),
         ({**OK, "multi_label": "yes"}, "item 3: field 'multi_label' must be true or false"),
     ],
 )
 def test_validation_names_item_and_field(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
-        ZeroShotClassification.validate_item(fields, 3, SPEC)
+        ZeroShotClassification.validate_item(fields, 3, SPEC, Settings())
 
 
 def test_labels_from_job_params_or_item() -> None:
-    ZeroShotClassification.validate_item({**OK, "candidate_labels": "a, b", "multi_label": True}, 0, SPEC)
-    ZeroShotClassification.validate_item({**OK, "hypothesis_template": "Topic: {}. {{braces}}"}, 0, SPEC)
+    ZeroShotClassification.validate_item({**OK, "candidate_labels": "a, b", "multi_label": True}, 0, SPEC, Settings())
+    ZeroShotClassification.validate_item({**OK, "hypothesis_template": "Topic: {}. {{braces}}"}, 0, SPEC, Settings())
     params = {"candidate_labels": "sport, politics", "hypothesis_template": "About {}."}
-    assert check_item(ZeroShotClassification, SPEC, params, {"text": "t"}, 4, 10_000) is None
-    error = check_item(ZeroShotClassification, SPEC, {"hypothesis_template": "no slot"}, dict(OK), 5, 10_000)
+    assert check_item(ZeroShotClassification, SPEC, params, {"text": "t"}, 4, Settings(max_item_chars=10_000)) is None
+    error = check_item(
+        ZeroShotClassification, SPEC, {"hypothesis_template": "no slot"}, dict(OK), 5, Settings(max_item_chars=10_000)
+    )
     assert error is not None and error.startswith("item 5: field 'hypothesis_template'")
 
 

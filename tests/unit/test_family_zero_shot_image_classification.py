@@ -9,12 +9,13 @@ import pytest
 
 from producer.validate import check_item
 from sluice.errors import ValidationError
+from sluice.families import family_for
+from sluice.families.zero_shot_image_classification import ZeroShotImageClassification
 from sluice.registry import ModelSpec
+from sluice.settings import Settings
 from tests.models.images import check_ranked, image_inputs, image_paths
 from tests.models.zero_shot_image_classification import build_clip, build_clip_tokenizer, pipeline_rows
 from worker.engine import Engine
-from sluice.families import family_for
-from sluice.families.zero_shot_image_classification import ZeroShotImageClassification
 
 TASK = "zero-shot-image-classification"
 LABELS = ["cat", "dog", "car"]
@@ -79,14 +80,14 @@ def test_family_is_discovered() -> None:
 def test_submit_rejects_bad_items_naming_item_and_field(fields: dict[str, Any], expected: str) -> None:
     fields = {k: image_paths()[0] if v is GOOD else v for k, v in fields.items()}
     spec = ModelSpec(name="m", task=TASK, path="unused")
-    error = check_item(ZeroShotImageClassification, spec, {}, fields, 4, max_chars=1000)
+    error = check_item(ZeroShotImageClassification, spec, {}, fields, 4, Settings(max_item_chars=1000))
     assert error is not None and error.startswith("item 4: ") and expected in error
 
 
 def test_job_params_are_checked_once() -> None:
     spec = ModelSpec(name="m", task=TASK, path="unused")
     ZeroShotImageClassification.validate_params({"hypothesis_template": "a {} photo"}, spec)
-    with pytest.raises(ValidationError, match="job params: 'hypothesis_template'"):
+    with pytest.raises(ValidationError, match="job params: field 'hypothesis_template'"):
         ZeroShotImageClassification.validate_params({"hypothesis_template": "{0} and {1}"}, spec)
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sluice.families import family_for
 from sluice.registry import ModelSpec, Registry
 from tests.models import OracleCase, all_cases, registry_toml
 from worker.engine import Engine
-from sluice.families import family_for
 
 
 def run_engine(spec: ModelSpec, inputs: list[dict[str, Any]], params: dict[str, Any],

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from sluice.db import utcnow
+from sluice.families.base import TaskFamily
 from sluice.registry import ModelSpec, Registry
 from sluice.routing import WorkerRow, describe_worker, model_queue, route, waiting_reason, worker_queues
 from sluice.sizes import format_size, parse_size
 from sluice.status import WorkerStatus
 from worker.engine import BatchStats
-from sluice.families.base import TaskFamily
 from worker.residency import Candidate, ModelPool, family_bytes, lru_victims
 
 
