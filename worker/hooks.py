@@ -14,6 +14,7 @@ Events and the thread they run on:
 * ``chunk_closed`` / ``chunk_failed`` when a run ends (task thread)
 * ``model_loaded`` / ``model_evicted`` (task thread)
 * ``job_finished`` with the jobs a result write completed (writer thread)
+* ``message_dropped`` with the queue and reason of a malformed message (main thread)
 
 A hook that raises is logged with its traceback and never stops the worker; hooks run inline, so
 a slow one slows the worker: hand slow work (an HTTP call) to a thread or queue of your own.
@@ -62,6 +63,9 @@ class Hooks:
     def model_evicted(self, model: str, info: dict[str, Any]) -> None: ...
 
     def job_finished(self, job_ids: list[str]) -> None: ...
+
+    def message_dropped(self, queue: str, reason: str) -> None:
+        """A message that can never be a valid chunk reference was dropped (:mod:`worker.messages`)."""
 
 
 _EVENTS = [name for name, value in vars(Hooks).items() if callable(value) and not name.startswith("_")]

@@ -19,6 +19,23 @@ from sluice.routing import worker_queues
 from sluice.settings import Settings
 from sluice.status import WorkerStatus
 
+log = logging.getLogger("sluice.worker")
+
+#: Shutdowns someone asked for: Celery's warm shutdown on these signals ends the process with 0.
+REQUESTED_STOP_SIGNALS = frozenset({"SIGTERM", "SIGINT"})
+
+
+def exit_code(celery_code: object, stop_signals: list[str]) -> int:
+    """The worker process's exit code: 0 only for a shutdown asked for by SIGTERM or SIGINT.
+
+    A Celery worker loop that ends on its own ("Unrecoverable error", a remote shutdown, ...) is a
+    failure whatever code Celery gives it (``worker_main`` even drops the code), so a supervisor
+    restarts the worker. Celery's own non-zero codes pass through (64: usage error).
+    """
+    if REQUESTED_STOP_SIGNALS.intersection(stop_signals):
+        return 0
+    return celery_code if type(celery_code) is int and celery_code else 1
+
 
 def run_worker(
     settings: Settings,
@@ -28,10 +45,10 @@ def run_worker(
     hostname: str | None = None,
     loglevel: str = "INFO",
 ) -> None:
-    from celery.signals import worker_ready
+    from celery.signals import worker_ready, worker_shutting_down
 
     from sluice.recovery import reclaim_own
-    from worker import tasks
+    from worker import messages, tasks
     from worker.hooks import load_hooks
     from worker.presence import Presence
     from worker.runtime import WorkerRuntime, configure_threads
@@ -42,6 +59,7 @@ def run_worker(
     node = hostname or f"{device.replace(':', '')}@{socket.gethostname()}"
     queues = queues or worker_queues(settings.queue, models)
     hooks = load_hooks(settings)
+    messages.install(app, settings.queue, hooks, node)  # malformed messages are dropped, not fatal
     dispatcher = Dispatcher(settings, Ledger.for_settings(settings), app)
     runtime = WorkerRuntime(settings, device=device, hostname=node, hooks=hooks, dispatcher=dispatcher)
     presence = Presence(runtime.ledger, node, runtime.device, queues, settings.max_model_memory,
@@ -52,6 +70,8 @@ def run_worker(
         presence.report(WorkerStatus.RUNNING)
 
     worker_ready.connect(ready, weak=False)
+    stop_signals: list[str] = []
+    worker_shutting_down.connect(lambda sig=None, **_: stop_signals.append(str(sig)), weak=False)
     # A node restarted under the same name (by the supervisor or Compose) gets back at once the
     # chunks its killed predecessor held, instead of after the lease or visibility timeout.
     reclaim_own(dispatcher, node)
@@ -62,7 +82,7 @@ def run_worker(
         hooks.worker_started(node, runtime.device, queues)
         # Solo pool: the process that loaded the models is the one that runs tasks (no fork, no
         # per-child model copies); concurrency comes from one worker process per device.
-        app.worker_main(
+        celery_code = app.start(
             [
                 "worker",
                 "--pool=solo",
@@ -77,3 +97,7 @@ def run_worker(
     finally:
         hooks.worker_stopping(node)
         presence.stop()
+    code = exit_code(celery_code, stop_signals)
+    if code:
+        log.error("the Celery worker stopped on its own (code %r); exiting with %d", celery_code, code)
+        raise SystemExit(code)

@@ -7,11 +7,14 @@ each child must see only its own device. It finds GPUs with ``nvidia-smi -L`` (o
 is ``cuda:0`` and its Celery node is ``gpu<id>@<host>``. With no GPU (or ``--gpus none``) it
 starts ``--workers N`` CPU workers, ``cpu<n>@<host>``, splitting the cores between them.
 
-A child that dies is restarted after an exponential back-off (1 s doubling to 60 s; a child that
-stayed up for a minute starts again from 1 s). SIGTERM or SIGINT to the supervisor is forwarded
-once to every child as SIGTERM (Celery's warm shutdown: the chunk in hand finishes); a second
-signal escalates to SIGQUIT (cold shutdown) and ``SLUICE_WORKER_STOP_TIMEOUT`` ends in SIGKILL.
-Either way no work is lost: the database holds every lease and unacked messages are redelivered.
+A child that exits without being asked to, whatever its exit code (0 included: a worker stops
+only when asked, and ``sluice worker`` exits non-zero when its Celery loop ends on its own), is
+restarted after an exponential back-off (1 s doubling to 60 s; a child that stayed up for a minute
+starts again from 1 s); only a usage error (exit code 2 or 64) stops the fleet. SIGTERM or SIGINT
+to the supervisor is forwarded once to every child as SIGTERM (Celery's warm shutdown: the chunk
+in hand finishes); a second signal escalates to SIGQUIT (cold shutdown) and
+``SLUICE_WORKER_STOP_TIMEOUT`` ends in SIGKILL. Either way no work is lost: the database holds
+every lease and unacked messages are redelivered.
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 Messages carry references (job id, chunk index), never documents. :func:`register` binds the
 task to the worker's own Celery app (built from the worker's settings) and to the process's
 runtime, so nothing here is a module global.
+
+A message that can never be a valid chunk reference is dropped once, never requeued: the task's
+``Strategy`` (:func:`worker.messages.chunk_strategy`) dead-letters it before Celery builds a
+request, and :func:`run_chunk` checks the arguments again before any work (for callers that do
+not go through a worker). Only failures that may pass (a commit that did not go through, the
+database unreachable) are requeued.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from sluice.celery_app import PROCESS_CHUNK
+from worker.messages import chunk_ref_problem, drop
 
 log = logging.getLogger("sluice.worker")
 
@@ -23,7 +30,14 @@ class ChunkRunner(Protocol):
 
 
 def run_chunk(runtime: ChunkRunner, job_id: str, idx: int) -> dict[str, object]:
-    """Run one chunk message; a failure rejects it with requeue instead of acking it as done."""
+    """Run one chunk message; a failure rejects it with requeue instead of acking it as done.
+
+    Arguments that cannot name a chunk are dropped (counted, logged, acked) before any work.
+    """
+    problem = chunk_ref_problem((job_id, idx), {})
+    if problem is not None:
+        drop("?", problem, [job_id, idx])  # a worker's strategy dead-letters these first
+        return {"written": 0, "failed": 0, "skipped": True, "dropped": problem.reason}
     try:
         report = runtime.process_chunk(job_id, idx)
     except Exception as exc:
@@ -46,7 +60,10 @@ def run_chunk(runtime: ChunkRunner, job_id: str, idx: int) -> dict[str, object]:
 def register(app: Celery, runtime: ChunkRunner) -> Any:
     """Register the chunk task on ``app``, running on ``runtime``; returns the task."""
 
-    @app.task(name=PROCESS_CHUNK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(  # type: ignore[untyped-decorator]
+        name=PROCESS_CHUNK, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+        Strategy="worker.messages:chunk_strategy",
+    )  # fmt: skip
     def process_chunk(job_id: str, idx: int) -> dict[str, object]:
         return run_chunk(runtime, job_id, idx)
 

@@ -189,6 +189,42 @@ def test_dead_child_restarts_after_growing_backoff() -> None:
     assert spawned[0].returncode is None and not sup.finished
 
 
+@pytest.mark.parametrize("code", [0, 1, 70, -signal.SIGTERM])
+def test_a_child_exit_nobody_asked_for_is_a_failure_whatever_its_code(code: int) -> None:
+    """A worker only stops when asked: exit code 0 on its own (Celery's "Unrecoverable error" used
+    to end that way) is restarted with back-off like a crash, and never stops the fleet."""
+    sup, spawned, clock = _fleet(1)
+    for failures, wait in [(1, 1), (2, 2)]:
+        spawned[-1].returncode = code
+        n = len(spawned)
+        sup.poll()
+        assert sup.children[0].failures == failures and sup.children[0].restart_at == clock.now + wait
+        assert len(spawned) == n and not sup.stopping
+        clock.now += wait
+        sup.poll()
+        assert len(spawned) == n + 1
+    assert sup.children[0].exit_codes == [code, code] and sup.exit_code == 0 and not sup.finished
+
+
+@pytest.mark.parametrize(
+    ("celery_code", "signals", "want"),
+    [
+        (0, ["SIGTERM"], 0),  # warm shutdown asked for
+        (1, ["SIGINT"], 0),  # Celery ends a Ctrl-C warm shutdown with 1; it was still asked for
+        (0, [], 1),  # the loop ended on its own
+        (None, [], 1),  # worker_main's view of it
+        (1, [], 1),  # "Unrecoverable error"
+        ("Got shutdown from remote", [], 1),
+        (64, [], 64),  # usage error: passes through (the supervisor stops the fleet on it)
+        (1, ["SIGQUIT"], 1),  # cold shutdown
+    ],
+)
+def test_worker_process_exit_code(celery_code: object, signals: list[str], want: int) -> None:
+    from worker.main import exit_code
+
+    assert exit_code(celery_code, signals) == want
+
+
 def test_backoff_resets_after_a_stable_run() -> None:
     sup, spawned, clock = _fleet(1)
     sup.children[0].failures = 6  # it had been crash-looping
@@ -210,7 +246,7 @@ def test_stop_forwards_sigterm_once_and_does_not_restart() -> None:
     assert len(spawned) == 2 and not sup.finished  # nothing restarted; still waiting for gpu0
     spawned[0].returncode = 0
     sup.poll()
-    assert sup.finished and sup.exit_code == 0
+    assert sup.exit_code == 0 and sup.finished
 
 
 def test_second_signal_is_cold_and_timeout_kills() -> None:
