@@ -29,6 +29,19 @@ class InvalidRecord:
 Record = dict[str, Any] | InvalidRecord
 
 
+@dataclass(frozen=True)
+class Keyed:
+    """An item with the caller's key for it (stored as ``items.key`` and returned with its result),
+    e.g. an OpenAI batch line's ``custom_id``."""
+
+    key: str | None
+    record: str | dict[str, Any] | InvalidRecord
+
+
+#: Longest CSV cell read (characters); longer documents are refused at validation anyway.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _decode(raw: bytes, where: str) -> str | InvalidRecord:
     try:
         return raw.decode("utf-8")
@@ -70,6 +83,12 @@ def read_jsonl(path: Path) -> Iterator[Record]:
         except json.JSONDecodeError as exc:
             yield InvalidRecord(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
             continue
+        except ValueError as exc:  # an integer of more than 4300 digits
+            yield InvalidRecord(f"{where}: cannot be read ({exc})")
+            continue
+        except RecursionError:
+            yield InvalidRecord(f"{where}: nested too deeply to read")
+            continue
         if not isinstance(obj, dict):
             yield InvalidRecord(f'{where}: expected a JSON object like {{"text": ...}}, got {type(obj).__name__}')
             continue
@@ -81,11 +100,17 @@ def read_csv(path: Path) -> Iterator[Record]:
     text = _decode(raw, path.name)
     if isinstance(text, InvalidRecord):
         raise ValidationError(text.error)
+    # A cell holds a whole document: lift the csv module's 128 KiB cell limit (a process-wide
+    # setting), so that documents are bounded by SLUICE_MAX_ITEM_CHARS at validation instead.
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
-        return
-    for row in reader:
-        yield {k: v for k, v in row.items() if k is not None and v is not None}
+    try:
+        if not reader.fieldnames:
+            return
+        for row in reader:
+            yield {k: v for k, v in row.items() if k is not None and v is not None}
+    except csv.Error as exc:
+        raise ValidationError(f"{path.name} line {reader.line_num}: not valid CSV ({exc})") from None
 
 
 READERS = {".jsonl": read_jsonl, ".ndjson": read_jsonl, ".csv": read_csv, ".txt": read_txt}

@@ -6,7 +6,7 @@ what    from -> to             when (function)
 job     (new) -> queued        submitted with at least one valid item (jobs.create_job)
 job     (new) -> failed        submitted with every item invalid (jobs.create_job)
 job     queued -> running      its first chunk is claimed (:func:`start_jobs`)
-job     active -> completed    every item ended, some done (:func:`finish_jobs_if_complete`)
+job     active -> completed    every item ended, some done (:func:`finish_jobs_if_complete`; its chunks close)
 job     active -> failed       every item ended, none done (:func:`finish_jobs_if_complete`)
 job     active -> cancelled    a user cancels it (:func:`cancel_job`)
 chunk   queued -> running      a worker claims it and takes a lease (:func:`lease_chunk`, :func:`lease_queued`)
@@ -65,7 +65,10 @@ def finish_jobs_if_complete(conn: Connection, job_ids: Sequence[str]) -> list[st
         )
         .returning(jobs.c.id)
     )
-    return list(conn.execute(stmt).scalars())
+    finished = list(conn.execute(stmt).scalars())
+    if finished:  # a chunk whose run wrote its items but died before closing must not stay "running"
+        conn.execute(update(chunks).where(chunks.c.job_id.in_(finished)).values(status=ChunkStatus.DONE.value))
+    return finished
 
 
 def cancel_job(conn: Connection, job_id: str) -> bool:
