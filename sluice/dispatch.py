@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -72,13 +73,33 @@ class Dispatcher:
         return queue
 
     def broker_lost_messages(self) -> bool:
-        """Whether Redis lost its data set since this was last asked (restart without persistence,
-        FLUSHALL, failover to an empty replica): an epoch marker key set here is gone. The first
-        call ever also says so; re-sending then only duplicates messages, which is harmless."""
+        """Whether Redis may have lost messages since this was last asked.
+
+        An epoch marker key holds the server's replication id (``master_replid``), which changes
+        when a server restarts or a replica is promoted. The marker gone (restart without
+        persistence, FLUSHALL) or holding another id (a failover: replication is asynchronous, so
+        the new primary may lack the last messages) means yes. The first call ever also says so;
+        re-sending then only duplicates messages, which is harmless.
+        """
+        key = f"{self.settings.queue}:epoch"
         try:
             with self.app.connection_for_write() as conn:
                 client = conn.default_channel.client
-                return bool(client.set(f"{self.settings.queue}:epoch", str(uuid.uuid4()), nx=True))
+                epoch = _replication_id(client) or str(uuid.uuid4())
+                seen = client.get(key)
+                if seen is not None and (seen.decode() == epoch or not epoch.startswith("replid:")):
+                    return False
+                client.set(key, epoch)
+                return True
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
+
+    def ping(self, timeout: float = 3.0) -> None:
+        """One round trip to the broker (readiness checks); :class:`BrokerError` when it is unreachable."""
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=timeout)
+                conn.default_channel.client.ping()
         except (KombuOperationalError, RedisError, OSError) as exc:
             raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
 
@@ -87,3 +108,12 @@ class Dispatcher:
         queue = self.send(job_id, chunks, priority, model or self.ledger.job_model(job_id))
         self.ledger.mark_sent(job_id, chunks, queue)
         return queue
+
+
+def _replication_id(client: Any) -> str | None:
+    """``replid:<master_replid>`` of the server, or None where INFO is refused (a managed Redis)."""
+    try:
+        replid = client.info("replication").get("master_replid")
+    except RedisError:
+        return None
+    return f"replid:{replid}" if replid else None

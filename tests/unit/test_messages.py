@@ -402,8 +402,8 @@ def test_malformed_broadcasts_are_dropped(guard: Recorder) -> None:
 
 
 def test_install_routes_redis_urls_through_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
-    for alias in ("redis", "rediss"):
-        monkeypatch.setitem(TRANSPORT_ALIASES, alias, "kombu.transport.redis:Transport")
+    for alias in ("redis", "rediss", "sentinel"):
+        monkeypatch.setitem(TRANSPORT_ALIASES, alias, TRANSPORT_ALIASES[alias])
     kombu.transport.get_transport_cls("redis")  # already resolved (and cached) by an earlier connection
     monkeypatch.setattr(kombu.transport, "_transport_cache", dict(kombu.transport._transport_cache))
     app = create_app(Settings(broker_url="redis://127.0.0.1:1/0", queue="myqueue"))
