@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from producer.inputs import InvalidRecord
-from producer.validate import MAX_REPORTED, check_item, normalise, rejection
+from producer.inputs import InvalidRecord, Keyed
+from producer.validate import MAX_REPORTED, check_item, check_params, normalise, rejection, stored_input
 from sluice.dispatch import Dispatcher
 from sluice.errors import BrokerError, JobNotFoundError, ValidationError
 from sluice.families import family_for
@@ -52,23 +52,34 @@ class Client:
     def submit(
         self,
         model: str,
-        items: Iterable[str | dict[str, Any] | InvalidRecord],
+        items: Iterable[str | dict[str, Any] | InvalidRecord | Keyed],
         params: dict[str, Any] | None = None,
         priority: int = 0,
         skip_invalid: bool = False,
+        *,
+        owner: str | None = None,
+        job_id: str | None = None,
     ) -> str:
         """Validate, store and enqueue a job; return its id.
 
         Invalid items reject the whole job with a message listing them, unless ``skip_invalid``,
         which stores them as failed items (with their error) so every input position is kept.
+        An item wrapped in :class:`~producer.inputs.Keyed` keeps its key with its result; ``owner``
+        is the API key owner submitting it; ``job_id`` fixes the new job's id (default: a new UUID).
         """
-        params = dict(params or {})
-        if not 0 <= priority <= 9:
-            raise ValidationError(f"priority must be between 0 and 9 (9 is most urgent), got {priority}")
+        params = check_params(params)
+        if type(priority) is not int or not 0 <= priority <= 9:  # callers in Python may pass anything
+            raise ValidationError(f"priority must be a whole number from 0 to 9 (9 is most urgent), got {priority!r}")
+        if not isinstance(model, str):
+            raise ValidationError(f"model must be a registered model's name, got {type(model).__name__}")
+        if isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
+            raise ValidationError(
+                f"items must be a list (or other iterable) of strings or objects, got {type(items).__name__}"
+            )
         spec = self.registry.get(model)
         family = family_for(spec.task)
         family.validate_params(params, spec)
-        job = NewJob(str(uuid.uuid4()), spec.task, model, params, priority, self.settings.chunk_size)
+        job = NewJob(job_id or str(uuid.uuid4()), spec.task, model, params, priority, self.settings.chunk_size, owner)
         checked = self._checked(family, spec, params, items, skip_invalid)
         self.ledger.create_job(job, checked, lambda chunks: self._send(job.id, chunks, priority, model))
         return job.id
@@ -88,21 +99,23 @@ class Client:
 
     def _checked(
         self, family: type[TaskFamily], spec: ModelSpec, params: dict[str, Any],
-        items: Iterable[str | dict[str, Any] | InvalidRecord], skip_invalid: bool,
+        items: Iterable[str | dict[str, Any] | InvalidRecord | Keyed], skip_invalid: bool,
     ) -> Iterator[NewItem]:  # fmt: skip
         """Items with their validation errors; after the first error without ``skip_invalid`` it
         keeps scanning (to report every problem) but yields nothing, then raises the rejection."""
         errors: list[str] = []
         bad = 0
         for index, raw in enumerate(items):
-            record = normalise(raw, index)
+            key = raw.key if isinstance(raw, Keyed) else None
+            record = normalise(raw.record if isinstance(raw, Keyed) else raw, index)
             error = check_item(family, spec, params, record, index, self.settings)
             if error:
                 bad += 1
                 if len(errors) < MAX_REPORTED:
                     errors.append(error)
             if skip_invalid or not errors:
-                yield index, record if isinstance(record, dict) else {}, error
+                stored = record if error is None and isinstance(record, dict) else None
+                yield index, stored or stored_input(family, params, record, self.settings), error, key
         if bad and not skip_invalid:
             raise rejection(errors, bad)
 
@@ -168,7 +181,11 @@ class Client:
         """The most recent jobs, newest first."""
         return self.ledger.recent_jobs(limit)
 
-    def results(self, job_id: str, include_input: bool = False) -> Iterator[dict[str, Any]]:
-        """One row per item, in input order, streamed from the database."""
+    def results(
+        self, job_id: str, include_input: bool = False, *, status: str | None = None, after: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """One row per item, in input order, streamed from the database; only items in ``status``,
+        after item ``after``, at most ``limit`` when given."""
         self.status(job_id, explain=False)
-        return self.ledger.results(job_id, include_input)
+        return self.ledger.results(job_id, include_input, status=status, after=after, limit=limit)

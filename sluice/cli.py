@@ -7,13 +7,42 @@ import csv
 import json
 import logging
 import os
+import re
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from sluice.errors import ConfigError, SluiceError, ValidationError
+from sluice.errors import ConfigError, InfrastructureError, SluiceError, ValidationError
 from sluice.settings import Settings, get_settings
+
+#: Exit codes, also listed in ``sluice --help``.
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EPILOG = """\
+exit codes:
+  0    success (also a submit whose job is stored while the broker is down: it is sent later)
+  1    error: a job that failed or was cancelled (--wait), a worker that is not live (--check),
+       a Sluice error or an unexpected one
+  2    invalid input or usage (nothing was submitted)
+  3    a service is unreachable (database or broker); check it and retry
+  130  interrupted
+Errors are one line on stderr; --debug adds the traceback."""
+
+#: A number at the start of a value, followed by JSON punctuation: a broken list or object.
+_JSON_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_JSON_WORD = re.compile(r"(?:true|false|null|NaN|-?Infinity)")
+
+
+def _looks_like_json(value: str) -> bool:
+    """Whether a --param value was meant as JSON: a list, object or quoted string, or a number or
+    literal followed by JSON punctuation (``0.5,``); bare words (``en``, ``1.2.3``) are strings."""
+    text = value.strip()
+    if text[:1] in ("[", "{", '"'):
+        return True
+    match = _JSON_NUMBER.match(text) or _JSON_WORD.match(text)
+    return match is not None and match.end() < len(text) and text[match.end()] in ",]}: \t"
 
 
 def _param(raw: str) -> tuple[str, Any]:
@@ -21,9 +50,24 @@ def _param(raw: str) -> tuple[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--param wants KEY=JSON, got {raw!r}")
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a bare word is a string: --param lang=en
+        parsed = json.loads(value)
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
+        if not _looks_like_json(value):
+            return key, value  # a bare word is a string: --param lang=en
+        problem = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise argparse.ArgumentTypeError(
+            f"{key}: {value!r} is not valid JSON ({problem}); fix it, or quote a plain string "
+            f"as JSON: --param '{key}=\"...\"'"
+        ) from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{key}: the JSON value is nested too deeply") from None
+    try:
+        json.dumps(parsed, allow_nan=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{key}: {value!r} holds NaN or Infinity, which JSON (and the database) cannot store; use null or a number"
+        ) from None
+    return key, parsed
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
@@ -61,16 +105,43 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from producer.inputs import read_input
 
     client = Client(settings)
-    job_id = client.submit(
-        args.model, read_input(Path(args.input)), params=dict(args.param or []),
-        priority=args.priority, skip_invalid=args.skip_invalid,
-    )  # fmt: skip
-    print(job_id)
+    # The client logs an unsent job as a warning; this command says so itself, once.
+    unsent_warning = logging.getLogger("sluice.producer")
+    only_once = _DropUnsent(client.unsent)
+    unsent_warning.addFilter(only_once)
+    try:
+        job_id = client.submit(
+            args.model, read_input(Path(args.input)), params=dict(args.param or []),
+            priority=args.priority, skip_invalid=args.skip_invalid,
+        )  # fmt: skip
+    finally:
+        unsent_warning.removeFilter(only_once)
+    print(job_id, flush=True)
+    if job_id in client.unsent:
+        # Exit 0: the job is stored and runs once sent; a script that retried a failed submit
+        # would store it twice.
+        print(
+            f"warning: job {job_id} is stored and queued; it will be sent when the broker is back "
+            f"(`sluice reconcile --every` sends it, or run `sluice reconcile`): {client.unsent[job_id]}",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
     if args.wait:
         info = client.wait(job_id, progress=True)
         _print_status(client, info, sys.stderr)
         return 0 if info.status.value == "completed" else 1
     return 0
+
+
+class _DropUnsent(logging.Filter):
+    """Drops the client's warning about a job in ``unsent`` (the command prints its own line)."""
+
+    def __init__(self, unsent: dict[str, str]) -> None:
+        super().__init__()
+        self.unsent = unsent
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and isinstance(args[0], str) and args[0] in self.unsent)
 
 
 def _print_status(client: Any, info: Any, out: TextIO) -> None:
@@ -163,7 +234,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     dispatcher = Dispatcher(settings, Ledger.for_settings(settings))
     if args.every:
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        reconcile_every(dispatcher, args.every)
+        reconcile_every(dispatcher, args.every, debug=getattr(args, "debug", False))
     print(f"re-enqueued {reconcile(dispatcher, include_queued=args.include_queued)} chunk(s)")
     return 0
 
@@ -213,7 +284,11 @@ def _gpus(raw: str) -> str | list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sluice", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    debug_help = "on an error, print the traceback too (errors are one line otherwise)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("db", help="database migrations")
@@ -287,23 +362,136 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("flower_args", nargs=argparse.REMAINDER, help="further flower options, e.g. --url_prefix=flower")
     p.set_defaults(func=cmd_flower)
 
+    from sluice.api.commands import add_commands  # `sluice api` and `sluice keys`
+
+    add_commands(sub)
+
     p = sub.add_parser("demo", help="run a bulk job end to end on the embedded defaults")
     p.add_argument("--docs", type=int, default=2000)
     p.add_argument("--model", default="minilm-topics")
     p.set_defaults(func=cmd_demo)
+
+    for command in sub.choices.values():  # --debug after the command too: `sluice submit ... --debug`
+        if "--debug" not in command._option_string_actions:
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
+#: ``scheme://user:password@`` in any message: the password is replaced by ``***``.
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@]*:)[^\s@]+@")
+
+
+def _redact(text: str) -> str:
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def _is(exc: BaseException, *names: str) -> bool:
+    """Whether ``exc`` is an instance of one of these classes, named ``module.Class`` (so that the
+    command line need not import SQLAlchemy, kombu or redis to recognise their errors)."""
+    return any(f"{cls.__module__}.{cls.__qualname__}" in names for cls in type(exc).__mro__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _database(settings: Settings | None) -> str:
+    return settings.resolved_database_url if settings else "SLUICE_DATABASE_URL"
+
+
+def _broker(settings: Settings | None) -> str:
+    if settings is None:
+        return "SLUICE_BROKER_URL"
+    return _redact(settings.broker_url) if settings.broker_url else f"the private Redis under {settings.var_dir}"
+
+
+def _database_error(exc: BaseException, settings: Settings | None) -> tuple[str, int]:
+    """A SQLAlchemy error the core did not translate (``sluice db`` runs Alembic's own engine)."""
+    where = _database(settings)
+    orig = getattr(exc, "orig", None) or exc
+    if not _is(exc, "sqlalchemy.exc.DBAPIError"):  # a bad URL, a missing driver
+        return f"the database URL {where} cannot be used ({_first_line(exc)}); fix SLUICE_DATABASE_URL", EXIT_ERROR
+    state = str(getattr(orig, "sqlstate", None) or "")
+    lost = getattr(exc, "connection_invalidated", False) or (
+        _is(exc, "sqlalchemy.exc.OperationalError", "sqlalchemy.exc.InterfaceError")
+        and (
+            (type(orig).__module__.startswith("psycopg") and (not state or state.startswith(("08", "57P", "53"))))
+            or any(word in str(orig) for word in ("unable to open", "locked", "disk I/O"))
+        )
+    )
+    if lost:
+        return (
+            f"the database at {where} is unreachable ({_first_line(orig)}); "
+            "check that it is running and SLUICE_DATABASE_URL points at it"
+        ), EXIT_UNREACHABLE
+    hint = "; run `sluice db upgrade`" if "no such table" in str(orig) or state == "42P01" else ""
+    return f"the database at {where} failed ({_first_line(orig)}){hint}", EXIT_ERROR
+
+
+def describe_error(exc: BaseException, settings: Settings | None, debug: bool = False) -> tuple[str, int]:
+    """The one-line message (multi-line only for a list of invalid items), passwords redacted,
+    and exit code for an error; an unexpected one says how to see its traceback, unless ``debug``
+    shows it already."""
+    message, code = _describe(exc, settings, debug)
+    return _redact(message), code
+
+
+def _describe(exc: BaseException, settings: Settings | None, debug: bool) -> tuple[str, int]:
+    if isinstance(exc, ValidationError):
+        return str(exc), EXIT_INVALID
+    if isinstance(exc, InfrastructureError):
+        return str(exc), EXIT_UNREACHABLE
+    if isinstance(exc, SluiceError):
+        return str(exc), EXIT_ERROR
+    if _is(exc, "pydantic_core._pydantic_core.ValidationError"):  # the settings
+        errors: list[dict[str, Any]] = getattr(exc, "errors", list)()
+        found = "; ".join(
+            f"SLUICE_{'_'.join(map(str, e.get('loc', ()))).upper()}: {e.get('msg')}" for e in errors
+        )  # fmt: skip
+        return f"invalid settings: {found or _first_line(exc)}", EXIT_ERROR
+    cause: BaseException | None = exc
+    for _ in range(8):  # the error itself, or what it was raised from
+        if cause is None:
+            break
+        if _is(cause, "sqlalchemy.exc.SQLAlchemyError"):
+            return _database_error(cause, settings)
+        if _is(cause, "kombu.exceptions.OperationalError", "redis.exceptions.ConnectionError",
+               "redis.exceptions.TimeoutError", "redis.exceptions.BusyLoadingError"):  # fmt: skip
+            return (
+                f"the broker at {_broker(settings)} is unreachable ({_first_line(cause)}); "
+                "check that Redis is running and SLUICE_BROKER_URL points at it"
+            ), EXIT_UNREACHABLE
+        if isinstance(cause, ConnectionError | TimeoutError):
+            return (
+                f"a connection failed ({_first_line(cause)}); check that the database "
+                f"({_database(settings)}) and the broker ({_broker(settings)}) are reachable"
+            ), EXIT_UNREACHABLE
+        cause = cause.__cause__ or cause.__context__
+    return f"unexpected {_first_line(exc)}" + ("" if debug else " (run with --debug for the traceback)"), EXIT_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; an error is one line on stderr (``--debug``: after its traceback) and an
+    exit code (see ``EPILOG``)."""
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    args.debug = debug
+    settings: Settings | None = None
     try:
-        return int(args.func(args, get_settings()))
-    except ValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SluiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        settings = get_settings()
+        return int(args.func(args, settings))
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        message, code = describe_error(exc, settings, debug)
+        print(f"error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

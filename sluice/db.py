@@ -57,6 +57,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: who submitted it through the HTTP API (an API key's owner); None from the CLI, the Python
+    #: client or an API running with --no-auth. Another owner's key never sees the job.
+    owner: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_jobs_owner_status", "owner", "status"),)
 
 
 class Chunk(Base):
@@ -92,6 +97,8 @@ class Chunk(Base):
 #: Width of ``items.label``; the store cuts longer labels (the full value is in ``output``), because
 #: PostgreSQL would otherwise refuse the whole batch's write.
 LABEL_CHARS = 256
+#: Width of ``items.key`` (and of an OpenAI batch line's ``custom_id``).
+KEY_CHARS = 512
 
 
 class Item(Base):
@@ -99,6 +106,8 @@ class Item(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     item: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: the caller's id for the item (an OpenAI batch line's ``custom_id``), returned with its result
+    key: Mapped[str | None] = mapped_column(String(KEY_CHARS))
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -141,12 +150,106 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ApiKey(Base):
+    """An HTTP API key: only its SHA-256 is stored. ``owner`` owns what the key creates; several
+    keys (say a read-only and a submitting one) may share an owner."""
+
+    __tablename__ = "api_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    #: the key's first characters, to tell keys apart in listings without revealing them
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_api_keys_key_hash", "key_hash", unique=True),)
+
+
+class File(Base):
+    """A file of the OpenAI-style Files API. An uploaded file's bytes are in ``file_parts``; a
+    batch's output or error file (``batch_id`` and ``kind`` set) has none: its content is
+    generated from the batch job's items whenever it is read."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    lines: Mapped[int] = mapped_column(Integer, default=0)
+    #: ``uploading`` while its parts arrive (never listed or usable), then ``processed``
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    batch_id: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str | None] = mapped_column(String(8))
+
+    __table_args__ = (Index("ix_files_owner_created", "owner", "created_at"),)
+
+
+class FilePart(Base):
+    """One piece (about a MiB) of an uploaded file, so neither upload nor download holds a file in memory."""
+
+    __tablename__ = "file_parts"
+
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """An OpenAI-style batch: an uploaded request file run as one Sluice job (``job_id``).
+
+    ``outcome`` is the terminal status it is finalizing towards; ``finalize_lease`` is held by the
+    API process computing its output files' sizes (taken over when stale, like a chunk lease).
+    """
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(128))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    batch_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    request_total: Mapped[int] = mapped_column(Integer, default=0)
+    request_completed: Mapped[int] = mapped_column(Integer, default=0)
+    request_failed: Mapped[int] = mapped_column(Integer, default=0)
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+    finalize_lease: Mapped[str | None] = mapped_column(String(36))
+    finalize_lease_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_batches_owner_created", "owner", "created_at"),)
+
+
 # The tables as Core ``Table`` objects (``Model.__table__`` is typed as a bare FromClause), for
 # the ledger's statements.
 jobs_table = cast(Table, Job.__table__)
 chunks_table = cast(Table, Chunk.__table__)
 items_table = cast(Table, Item.__table__)
 workers_table = cast(Table, Worker.__table__)
+api_keys_table = cast(Table, ApiKey.__table__)
+files_table = cast(Table, File.__table__)
+file_parts_table = cast(Table, FilePart.__table__)
+batches_table = cast(Table, Batch.__table__)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

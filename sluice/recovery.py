@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 
 from sluice.dispatch import Dispatcher
-from sluice.routing import consumed, route
+from sluice.routing import STALE_AFTER_BEATS, consumed, route
 from sluice.status import ChunkStatus
 
 log = logging.getLogger("sluice.reconcile")
@@ -85,15 +85,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def reconcile(dispatcher: Dispatcher, include_queued: bool = False) -> int:
+def reconcile(dispatcher: Dispatcher, include_queued: bool = False, judge_workers: bool = True) -> int:
     """One pass: chunks of gone workers, expired leases, never-sent and stranded chunks; how many were resent.
 
     When Redis lost its messages (its epoch marker is gone), every chunk not yet started is
-    re-sent too, as ``include_queued`` asks for explicitly.
+    re-sent too, as ``include_queued`` asks for explicitly. Without ``judge_workers`` no worker
+    is taken for gone (right after a database outage every heartbeat looks stale).
     """
     lost = dispatcher.broker_lost_messages()
-    gone = [w.hostname for w in dispatcher.ledger.load_workers(include_stale=True) if not w.live]
-    requeued = requeue_held_by(dispatcher, gone)
+    workers = dispatcher.ledger.load_workers(include_stale=True) if judge_workers else []
+    requeued = requeue_held_by(dispatcher, [w.hostname for w in workers if not w.live])
     if lost and not include_queued:
         log.warning("the broker lost its messages (or this is the first reconcile): re-sending every queued chunk")
         include_queued = True
@@ -106,12 +107,23 @@ def reconcile(dispatcher: Dispatcher, include_queued: bool = False) -> int:
     return len(requeued) + sent
 
 
-def reconcile_every(dispatcher: Dispatcher, seconds: float) -> None:
-    """Reconcile forever, every ``seconds``; a failed pass is logged and the next one tries again."""
+def reconcile_every(dispatcher: Dispatcher, seconds: float, debug: bool = False) -> None:
+    """Reconcile forever, every ``seconds``; a failed pass is logged and the next one tries again.
+
+    After a pass fails (the database or Redis was unreachable), workers are not judged gone until
+    they have had ``STALE_AFTER_BEATS`` heartbeats to report again: during an outage that hit
+    everyone, every heartbeat went stale, and a live worker's chunk must not be charged a lost run.
+    """
+    grace = STALE_AFTER_BEATS * dispatcher.settings.heartbeat_seconds
+    judge_from = time.monotonic()
     while True:
         try:
-            if n := reconcile(dispatcher):
+            if n := reconcile(dispatcher, judge_workers=time.monotonic() >= judge_from):
                 log.info("re-enqueued %d chunk(s)", n)
-        except Exception:  # the database or Redis is down for a moment: keep going
-            log.exception("reconcile pass failed")
+        except Exception as exc:  # the database or Redis is down for a moment: keep going
+            judge_from = time.monotonic() + grace
+            if debug:
+                log.exception("reconcile pass failed")
+            else:
+                log.error("reconcile pass failed: %s", exc)
         time.sleep(seconds)

@@ -89,6 +89,7 @@ class WorkerRuntime:
         self.outage = Outage("the database")
         self._closed: dict[tuple[str, int], None] = {}  # insertion-ordered set
         self._holding: list[str] = []  # leases of the run in progress, renewed by the heartbeat
+        self._released = False  # the failed run's chunks were handed back: the database answered
 
     def preload(self, names: list[str]) -> None:
         """Load and pin the models this worker announces: they are never evicted."""
@@ -104,10 +105,14 @@ class WorkerRuntime:
         if (job_id, idx) in self._closed:
             del self._closed[job_id, idx]
             return ChunkReport(skipped=True)
+        self._released = False
         try:
             report = self._process(job_id, idx)
         except InfrastructureError as exc:
-            self.outage.failed(exc)
+            if self._released:  # the release got through: the database is back, no need to wait again
+                self.outage.succeeded()
+            else:
+                self.outage.failed(exc)
             raise
         self.outage.succeeded()
         return report
@@ -177,6 +182,7 @@ class WorkerRuntime:
                     log.warning("gave up releasing %d chunk(s) (%s); their leases expire instead", len(pending), exc)
                     return
                 self.outage.failed(exc)
+        self._released = True
 
     def _coalesce(self, claim: Claim) -> list[Claim]:
         """Cross-job coalescing: when this chunk is smaller than a chunk can be, take queued chunks

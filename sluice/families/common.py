@@ -6,6 +6,9 @@ Python and NumPy: submit-time validation imports it without torch, transformers 
 
 from __future__ import annotations
 
+import json
+from functools import cache
+from pathlib import Path
 from string import Formatter
 from typing import Any
 
@@ -27,6 +30,43 @@ def text_field(fields: dict[str, Any], name: str, item: int, required: bool = Tr
     if not isinstance(value, str):
         raise ValidationError(f"item {item}: field {name!r} must be a string, got {type(value).__name__}")
     return value
+
+
+def messages_field(fields: dict[str, Any], item: int, max_chars: int) -> list[dict[str, str]]:
+    """A conversation: a non-empty list of ``{"role": str, "content": str}`` within ``max_chars`` in all."""
+    messages = fields.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValidationError(f"item {item}: field 'messages' must be a non-empty list of role/content objects")
+    total = 0
+    for n, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ValidationError(f"item {item}: messages[{n}] must be an object with a string 'role'")
+        if not isinstance(message.get("content"), str):
+            raise ValidationError(f"item {item}: messages[{n}].content must be a string")
+        total += len(message["content"])
+    if total > max_chars:
+        raise ValidationError(
+            f"item {item}: field 'messages' has {total:,} characters of content, over the limit of {max_chars:,}; "
+            "shorten the conversation or raise SLUICE_MAX_ITEM_CHARS"
+        )
+    return messages
+
+
+@cache
+def has_chat_template(path: str) -> bool | None:
+    """Whether the tokenizer saved in the model directory ``path`` has a chat template (read from its
+    files, without transformers); None when ``path`` is not a local directory (a hub id)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    saved = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+    if any((folder / name).exists() for name in saved):
+        return True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(config, dict) and config.get("chat_template"))
 
 
 def int_option(fields: dict[str, Any], name: str, where: str, default: Any, minimum: int) -> Any:

@@ -57,7 +57,9 @@ GENERATE_DEFAULTS: dict[str, Any] = {
 #: options that only shape sampling; ``generate`` gets them as warpers built here, not as options
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 #: item fields that are generation-related but are not ``generate()`` keyword arguments
-NOT_GENERATE = {"seed", "prefix", "src_lang", "tgt_lang"}
+NOT_GENERATE = {"seed", "prefix", "src_lang", "tgt_lang", "stop"}
+#: most stop sequences an item may give (OpenAI's limit)
+MAX_STOPS = 4
 MAX_SEED = 2**32 - 1
 
 
@@ -78,6 +80,11 @@ class Rule:
             return None if isinstance(value, bool) or value == "never" else 'must be true, false or "never"'
         if self.kind == "str":
             return None if isinstance(value, str) else "must be a string"
+        if self.kind == "stops":
+            stops = [value] if isinstance(value, str) else value
+            good = isinstance(stops, list) and 0 < len(stops) <= MAX_STOPS
+            return None if good and all(isinstance(x, str) and x for x in stops) else (
+                f"must be a non-empty string or a list of 1 to {MAX_STOPS} non-empty strings")  # fmt: skip
         numeric = (int,) if self.kind == "int" else (int, float)
         if isinstance(value, bool) or not isinstance(value, numeric) or not math.isfinite(value):
             return "must be an integer" if self.kind == "int" else "must be a number"
@@ -104,6 +111,7 @@ RULES: dict[str, Rule] = {
     "prefix": Rule("str"),
     "src_lang": Rule("str"),
     "tgt_lang": Rule("str"),
+    "stop": Rule("stops"),
 }
 
 
@@ -361,22 +369,21 @@ class GenerationFamily(HFTextFamily):
         return list(zip(new.tolist(), logprobs.float().cpu().tolist(), strict=True))
 
     def postprocess(self, features: list[Feature], outputs: Any) -> list[ItemResult]:
-        results = []
-        for feature, (ids, logprobs) in zip(features, outputs, strict=True):
-            end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
-            n = len(ids) if end is None else end + 1
-            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
-            mean = sum(logprobs[:n]) / n if n else math.nan
-            output = {"generated_text": text, "n_new_tokens": n, "finish_reason": "length" if end is None else "eos"}
-            results.append(
-                ItemResult(
-                    item=feature.item,
-                    score=mean if math.isfinite(mean) else None,
-                    output=self.output(output),
-                    n_tokens=feature.meta["prompt_tokens"] + n,
-                )
-            )
-        return results
+        return [self.result_for(f, ids, logprobs) for f, (ids, logprobs) in zip(features, outputs, strict=True)]
+
+    def result_for(self, feature: Feature, ids: list[int], logprobs: list[float]) -> ItemResult:
+        """One row's result: its new tokens up to and including the first end-of-sequence token."""
+        end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+        n = len(ids) if end is None else end + 1
+        text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+        return self.finished(feature, text, n, logprobs, "length" if end is None else "eos")
+
+    def finished(self, feature: Feature, text: str, n: int, logprobs: list[float], reason: str) -> ItemResult:
+        """The stored result of ``n`` new tokens decoding to ``text``; score = their mean log-probability."""
+        mean = sum(logprobs[:n]) / n if n else math.nan
+        output = {"generated_text": text, "n_new_tokens": n, "finish_reason": reason}
+        return ItemResult(item=feature.item, score=mean if math.isfinite(mean) else None, output=self.output(output),
+                          n_tokens=feature.meta["prompt_tokens"] + n)  # fmt: skip
 
     def output(self, output: dict[str, Any]) -> dict[str, Any]:
         """Subclasses add the field names their pipelines used."""

@@ -15,6 +15,16 @@ Differences from the pipeline, all deliberate:
   its last ``limit - max_new_tokens`` tokens, which is the pipeline's
   ``handle_long_generation="hole"`` (without it the pipeline fails on such prompts);
 * an empty prompt starts from the model's ``bos_token_id``, as ``generate()`` does.
+
+An item is a prompt ``{"text": ...}`` or a conversation ``{"messages": [{"role", "content"}, ...]}``,
+rendered with the tokenizer's chat template and ``add_generation_prompt=True``, then tokenised
+without adding special tokens (the template writes its own, so no second bos), exactly as
+``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``. A model whose tokenizer
+has no chat template refuses ``messages`` at submit time.
+
+``stop`` (a string or up to four) ends the text before the first stop sequence it contains, with
+``finish_reason`` ``"stop"``; ``n_new_tokens`` and the score then count the fewest new tokens
+whose text holds it. Generation itself still runs to eos or the token limit.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ from __future__ import annotations
 from typing import Any
 
 from sluice.errors import ItemError, ValidationError
-from sluice.families.generation import GenerationFamily
+from sluice.families.base import Feature, ItemResult
+from sluice.families.common import has_chat_template, messages_field
+from sluice.families.generation import GenerationFamily, check_options
 from sluice.registry import ModelSpec
 from sluice.settings import Settings
 
@@ -31,13 +43,16 @@ class TextGeneration(GenerationFamily):
     task = "text-generation"
     auto_class = "AutoModelForCausalLM"
     options = ("max_new_tokens", "do_sample", "seed", "num_beams", "temperature", "top_p", "top_k",
-               "repetition_penalty", "no_repeat_ngram_size")  # fmt: skip
+               "repetition_penalty", "no_repeat_ngram_size", "stop")  # fmt: skip
     default_max_new_tokens = 32
     padding_side = "left"
 
     @classmethod
     def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
-        super().validate_item(fields, item, spec, settings)
+        if "messages" in fields:
+            cls.validate_chat(fields, item, spec, settings)
+        else:
+            super().validate_item(fields, item, spec, settings)
         new = fields.get("max_new_tokens") or cls.default_max_new_tokens
         if spec.max_length and new >= spec.max_length:
             raise ValidationError(
@@ -45,9 +60,59 @@ class TextGeneration(GenerationFamily):
                 f"{spec.name!r}'s max_length of {spec.max_length} tokens"
             )
 
+    @classmethod
+    def validate_chat(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
+        """A conversation item: well-formed messages, no ``text`` beside them, a model that has a chat template."""
+        if fields.get("text") is not None:
+            raise ValidationError(f"item {item}: give either 'text' or 'messages', not both")
+        messages_field(fields, item, settings.max_item_chars)
+        if has_chat_template(spec.path) is False:
+            raise ValidationError(
+                f"item {item}: model {spec.name!r} has no chat template (its tokenizer defines none), so "
+                "'messages' cannot be rendered; send a 'text' prompt or use a chat model"
+            )
+        check_options(fields, cls.options, f"item {item}")
+
     def encode_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[int]]:
-        # As the pipeline: the tokenizer's defaults (special tokens included), no truncation here.
-        return self.tokenizer([str(fields["text"]) for _, fields in items])["input_ids"]  # type: ignore[no-any-return]
+        """Prompts as the pipeline tokenises them (the tokenizer's defaults, special tokens included,
+        no truncation here); conversations through the chat template, without special tokens added."""
+        out: list[list[int]] = [[] for _ in items]
+        chats = [n for n, (_, fields) in enumerate(items) if "messages" in fields]
+        plain = [n for n, (_, fields) in enumerate(items) if "messages" not in fields]
+        if plain:
+            for n, ids in zip(plain, self.tokenizer([str(items[n][1]["text"]) for n in plain])["input_ids"],
+                              strict=True):  # fmt: skip
+                out[n] = ids
+        if chats:
+            rendered = self.tokenizer.apply_chat_template(
+                [items[n][1]["messages"] for n in chats], tokenize=False, add_generation_prompt=True
+            )
+            encoded = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            for n, ids in zip(chats, encoded, strict=True):
+                out[n] = ids
+        return out
+
+    def feature(self, item: int, fields: dict[str, Any], ids: list[int]) -> Feature:
+        feature = super().feature(item, fields, ids)
+        stop = fields.get("stop")
+        feature.meta["stop"] = [stop] if isinstance(stop, str) else stop
+        return feature
+
+    def result_for(self, feature: Feature, ids: list[int], logprobs: list[float]) -> ItemResult:
+        """As every generation family, except that text holding a stop sequence ends before it."""
+        result = super().result_for(feature, ids, logprobs)
+        stops = feature.meta.get("stop")
+        text = (result.output or {}).get("generated_text", "")
+        found = [text.find(s) for s in stops or () if s in text]
+        if not found:
+            return result
+        # The fewest new tokens whose text holds a stop sequence: holding one only grows with more tokens.
+        low, high = 1, int((result.output or {})["n_new_tokens"])
+        while low < high:
+            mid = (low + high) // 2
+            head = self.tokenizer.decode(ids[:mid], skip_special_tokens=True)
+            low, high = (low, mid) if any(s in head for s in stops or ()) else (mid + 1, high)
+        return self.finished(feature, text[: min(found)], low, logprobs, "stop")
 
     def fit(self, ids: list[int], options: dict[str, Any]) -> list[int]:
         """The prompt's last tokens that fit beside the new ones; a bos token for an empty prompt."""

@@ -21,7 +21,7 @@ from sluice.status import ItemStatus, JobStatus
 ACTIVE_JOBS = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 #: The columns of a result row, in the order the CSV export writes them.
-RESULT_COLUMNS = ("item", "status", "label", "score", "output", "error")
+RESULT_COLUMNS = ("item", "key", "status", "label", "score", "output", "error")
 
 
 def encode_embedding(vector: Any) -> bytes:
@@ -29,9 +29,17 @@ def encode_embedding(vector: Any) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
-def decode_embedding(blob: bytes) -> list[float]:
-    """Stored embedding bytes as a list of Python floats (JSON-ready)."""
-    return np.frombuffer(blob, dtype="<f4").tolist()  # type: ignore[no-any-return]
+def decode_embedding(blob: bytes, rows: int | None = None) -> list[Any]:
+    """Stored embedding bytes as a list of Python floats (JSON-ready); as ``rows`` lists of floats
+    when the item embedded several texts (its ``output["n_texts"]``)."""
+    vector = np.frombuffer(blob, dtype="<f4")
+    return (vector if rows is None else vector.reshape(rows, -1)).tolist()  # type: ignore[no-any-return]
+
+
+def embedding_rows(output: dict[str, Any] | None) -> int | None:
+    """How many embeddings an item's stored vector holds: ``n_texts`` for a ``texts`` item, else None (one)."""
+    n = (output or {}).get("n_texts")
+    return int(n) if isinstance(n, int) else None
 
 
 def result_params(job_id: str, r: ItemResult, worker: str | None, now: datetime) -> dict[str, Any]:
@@ -56,7 +64,7 @@ def result_row(row: Any, include_input: bool = False) -> dict[str, Any]:
     """A stored item as clients see it: the result columns, ``embedding`` when there is one."""
     out = {name: getattr(row, name) for name in RESULT_COLUMNS}
     if row.embedding is not None:
-        out["embedding"] = decode_embedding(row.embedding)
+        out["embedding"] = decode_embedding(row.embedding, embedding_rows(row.output))
     if include_input:
         out["input"] = row.input
     return out
@@ -66,6 +74,6 @@ def csv_cells(row: dict[str, Any]) -> list[Any]:
     """A result row as CSV cells: ``output`` as JSON (an embedding's values when it has one)."""
     output = row["output"] if "embedding" not in row else {"embedding": row["embedding"]}
     return [
-        row["item"], row["status"], row["label"] or "", "" if row["score"] is None else row["score"],
+        row["item"], row["key"] or "", row["status"], row["label"] or "", "" if row["score"] is None else row["score"],
         "" if output is None else json.dumps(output), row["error"] or "",
     ]  # fmt: skip

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 
 from sluice.clock import as_utc, utcnow
 from sluice.db import chunks_table, items_table, jobs_table
 from sluice.errors import ValidationError
 from sluice.ledger.base import LedgerBase
-from sluice.ledger.codec import result_row
+from sluice.ledger.codec import ACTIVE_JOBS, result_row
 from sluice.ledger.transitions import cancel_job
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 
@@ -29,8 +29,9 @@ chunks = chunks_table
 
 _INSERT_BATCH = 1000
 
-#: One item to store: its position, its fields, and its validation error (None when valid).
-NewItem = tuple[int, dict[str, Any], str | None]
+#: One item to store: its position, its fields, and its validation error (None when valid);
+#: optionally a fourth element, the caller's key for it (``items.key``).
+NewItem = tuple[int, dict[str, Any], str | None] | tuple[int, dict[str, Any], str | None, str | None]
 #: Sends a stored job's chunks (after commit) and returns the queue they went to, or None when
 #: they could not be sent (they stay unsent, and recovery sends them later).
 Send = Callable[[list[int]], str | None]
@@ -44,6 +45,8 @@ class NewJob:
     params: dict[str, Any]
     priority: int
     chunk_size: int
+    #: the API key owner who submitted it (None: the CLI, the Python client, an unauthenticated API)
+    owner: str | None = None
 
 
 @dataclass
@@ -63,6 +66,7 @@ class JobInfo:
     finished_at: datetime | None
     #: why its queued chunks will not be picked up (no live worker consumes their queue); None if they will
     waiting_reason: str | None = None
+    owner: str | None = None
 
     @property
     def finished(self) -> int:
@@ -88,7 +92,7 @@ def _info(row: Any) -> JobInfo:
     return JobInfo(
         id=row.id, model=row.model, task=row.task, status=JobStatus(row.status), priority=row.priority,
         total=row.total_items, done=row.done_items, failed=row.failed_items, created_at=row.created_at,
-        started_at=row.started_at, finished_at=row.finished_at,
+        started_at=row.started_at, finished_at=row.finished_at, owner=row.owner,
     )  # fmt: skip
 
 
@@ -105,7 +109,7 @@ class JobsLedger(LedgerBase):
                 conn.execute(insert(jobs).values(
                     id=job.id, task=job.task, model=job.model, params=job.params, priority=job.priority,
                     status=JobStatus.QUEUED.value, total_items=0, done_items=0, failed_items=0,
-                    created_at=utcnow()))  # fmt: skip
+                    created_at=utcnow(), owner=job.owner))  # fmt: skip
                 total, bad = self._insert_items(conn, job.id, new_items)
                 if total == 0:
                     raise ValidationError("no items to process: the input is empty")
@@ -129,10 +133,11 @@ class JobsLedger(LedgerBase):
     def _insert_items(conn: Any, job_id: str, new_items: Iterable[NewItem]) -> tuple[int, int]:
         batch: list[dict[str, Any]] = []
         total = bad = 0
-        for index, fields, error in new_items:
+        for index, fields, error, *key in new_items:
             total += 1
             bad += error is not None
             batch.append({"job_id": job_id, "item": index, "attempts": 0, "error": error, "input": fields,
+                          "key": key[0] if key else None,
                           "status": (ItemStatus.FAILED if error else ItemStatus.PENDING).value})  # fmt: skip
             if len(batch) >= _INSERT_BATCH:
                 conn.execute(insert(items), batch)
@@ -165,6 +170,33 @@ class JobsLedger(LedgerBase):
             rows = conn.execute(select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)).all()
         return [_info(r) for r in rows]
 
+    def jobs_page(
+        self, owner: str | None, status: str | None = None, after: str | None = None, limit: int = 20
+    ) -> list[JobInfo]:
+        """Jobs newest first, ``limit`` of them after job ``after`` (a cursor: the last id of the
+        previous page); only ``owner``'s unless ``owner`` is None (an admin), only ``status`` if given."""
+        query = select(jobs)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        if status is not None:
+            query = query.where(jobs.c.status == status)
+        with self.engine.connect() as conn:
+            if after is not None:
+                cursor = conn.execute(select(jobs.c.created_at, jobs.c.id).where(jobs.c.id == after)).one_or_none()
+                if cursor is None:
+                    return []
+                same = and_(jobs.c.created_at == cursor.created_at, jobs.c.id < cursor.id)
+                query = query.where(or_(jobs.c.created_at < cursor.created_at, same))
+            rows = conn.execute(query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)).all()
+        return [_info(r) for r in rows]
+
+    def queued_items(self, owner: str | None) -> int:
+        """Items of ``owner``'s active jobs that have not ended yet (what it has waiting in the queue)."""
+        left = func.coalesce(func.sum(jobs.c.total_items - jobs.c.done_items - jobs.c.failed_items), 0)
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(left).where(jobs.c.owner == owner,
+                                                       jobs.c.status.in_(ACTIVE_JOBS))).scalar_one())  # fmt: skip
+
     def queued_chunk_queues(self, job_id: str) -> set[str | None]:
         """The queues the job's queued chunks were sent to (None: never sent)."""
         with self.engine.connect() as conn:
@@ -182,13 +214,22 @@ class JobsLedger(LedgerBase):
         with self.engine.begin() as conn:
             return cancel_job(conn, job_id)
 
-    def results(self, job_id: str, include_input: bool = False) -> Iterator[dict[str, Any]]:
-        """One row per item, in input order, streamed from the database in pages."""
-        cols = [items.c.item, items.c.status, items.c.label, items.c.score, items.c.output, items.c.embedding,
-                items.c.error]  # fmt: skip
+    def results(
+        self, job_id: str, include_input: bool = False, *, status: str | None = None, after: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """One row per item, in input order, streamed from the database in pages; only items in
+        ``status`` if given, only those after item ``after``, at most ``limit``."""
+        cols = [items.c.item, items.c.key, items.c.status, items.c.label, items.c.score, items.c.output,
+                items.c.embedding, items.c.error]  # fmt: skip
         if include_input:
             cols.append(items.c.input)
-        query = select(*cols).where(items.c.job_id == job_id).order_by(items.c.item)
+        where: list[ColumnElement[bool]] = [items.c.job_id == job_id]
+        if status is not None:
+            where.append(items.c.status == status)
+        if after is not None:
+            where.append(items.c.item > after)
+        query = select(*cols).where(*where).order_by(items.c.item).limit(limit)
         with self.engine.connect().execution_options(yield_per=1000) as conn:
             for row in conn.execute(query):
                 yield result_row(row, include_input)

@@ -20,6 +20,9 @@ from sluice.ledger.transitions import release_chunks
 from sluice.status import ChunkStatus
 
 chunks = chunks_table
+
+#: Seconds after a job's creation before its never-sent chunks are taken for lost.
+SEND_GRACE_S = 10
 jobs = jobs_table
 
 
@@ -54,11 +57,15 @@ class RecoveryLedger(LedgerBase):
         """Chunks of active jobs whose message may be missing: running under an expired lease, never
         sent, on a queue no live worker reads (``reading`` are the queues read), or, with
         ``include_queued``, any chunk not yet started."""
-        expired = utcnow() - timedelta(seconds=self.lease_seconds)
+        now = utcnow()
+        expired = now - timedelta(seconds=self.lease_seconds)
         queued = chunks.c.status == ChunkStatus.QUEUED.value
+        # A producer commits a job, then sends it, then records the send: a job younger than
+        # this is most likely being sent right now, not lost.
+        settled = jobs.c.created_at < now - timedelta(seconds=SEND_GRACE_S)
         cond: list[Any] = [
             and_(chunks.c.status == ChunkStatus.RUNNING.value, chunks.c.leased_at < expired),
-            and_(queued, chunks.c.enqueued_at.is_(None)),
+            and_(queued, chunks.c.enqueued_at.is_(None), settled),
         ]
         if include_queued:
             cond.append(queued)

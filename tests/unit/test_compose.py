@@ -30,7 +30,7 @@ REQUIRED = {
 # Variables the file interpolates; cleared so a developer's shell cannot change what is tested.
 OPTIONAL = [
     "POSTGRES_USER", "POSTGRES_DB", "SLUICE_PRELOAD", "SLUICE_QUEUE", "SLUICE_MODELS_DIR", "SLUICE_IMAGE",
-    "SLUICE_CPU_WORKERS", "SLUICE_RECONCILE_EVERY",
+    "SLUICE_CPU_WORKERS", "SLUICE_RECONCILE_EVERY", "SLUICE_API_PORT",
 ]  # fmt: skip
 
 
@@ -97,7 +97,7 @@ def test_required_variable_missing_fails_by_name(compose, variable: str) -> None
 
 def test_long_running_services_have_healthchecks(services: dict[str, Any]) -> None:
     long_running = {name for name, svc in services.items() if svc.get("restart") != "no"}
-    assert long_running == {"redis", "postgres", "beat", "worker-gpu0", "worker-cpu", "flower"}
+    assert long_running == {"redis", "postgres", "beat", "worker-gpu0", "worker-cpu", "flower", "api"}
     for name in long_running:
         check = services[name].get("healthcheck") or {}
         assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
@@ -118,10 +118,11 @@ def test_gpu_worker_reserves_gpu_zero(services: dict[str, Any]) -> None:
 
 def test_published_ports_bind_localhost_only(services: dict[str, Any]) -> None:
     published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
-    assert set(published) == {"flower"}
+    assert set(published) == {"flower", "api"}
     assert [(p["host_ip"], str(p["published"]), p["target"]) for p in published["flower"]] == [
         ("127.0.0.1", "5555", 5555)
     ]
+    assert [(p["host_ip"], str(p["published"]), p["target"]) for p in published["api"]] == [("127.0.0.1", "8000", 8000)]
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "dummy-user:dummy-flower-pw"
 
 
@@ -134,11 +135,11 @@ def test_redis_is_durable_and_password_protected(services: dict[str, Any]) -> No
 
 
 def test_workers_wait_for_migrations_and_share_settings(services: dict[str, Any]) -> None:
-    for name in ("worker-gpu0", "worker-cpu", "beat"):
+    for name in ("worker-gpu0", "worker-cpu", "beat", "api"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["redis"]["condition"] == deps["postgres"]["condition"] == "service_healthy"
-    for name in ("migrate", "worker-gpu0", "worker-cpu", "flower", "beat"):
+    for name in ("migrate", "worker-gpu0", "worker-cpu", "flower", "beat", "api"):
         env = services[name]["environment"]
         assert env["SLUICE_BROKER_URL"] == "redis://:dummy-redis-pw@redis:6379/0"
         assert env["SLUICE_DATABASE_URL"] == "postgresql+psycopg://sluice:dummy-pg-pw@postgres:5432/sluice"

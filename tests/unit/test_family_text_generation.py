@@ -87,7 +87,6 @@ def test_generate_defaults_are_transformers_own() -> None:
         ("max_new_tokens", True, "must be an integer"),
         ("num_beams", 0, "must be in [1, 32]"),
         ("temperature", 0, "must be in (0, 100]"),
-        ("temperature", float("nan"), "must be a number"),
         ("top_p", 1.5, "must be in (0, 1]"),
         ("top_p", 0.0, "must be in (0, 1]"),
         ("top_k", -1, "must be in [0, 1000000]"),
@@ -102,6 +101,14 @@ def test_bad_option_names_the_item_and_the_field(field: str, bad: Any, says: str
     assert message is not None and message.startswith(f"item 3: {field!r} {says}, got "), message
     with pytest.raises(ValidationError, match=f"job params: {field!r}"):
         TextGeneration.validate_params({field: bad}, ModelSpec(name="gen", task=TASK, path="/nowhere"))
+
+
+def test_nan_is_refused_at_submit_before_the_family_and_by_the_family_itself() -> None:
+    """check_item refuses NaN for every family (JSON cannot store it); the family's own rule too."""
+    message = problem({"text": "x", "temperature": float("nan")})
+    assert message == "item 3: field 'temperature' is nan; JSON has no NaN or Infinity (use null or a number)"
+    with pytest.raises(ValidationError, match="job params: 'temperature' must be a number"):
+        TextGeneration.validate_params({"temperature": float("nan")}, ModelSpec(name="gen", task=TASK, path="/nowhere"))
 
 
 def test_good_options_pass() -> None:
