@@ -1,4 +1,7 @@
-"""Start and stop Sluice worker processes (the demo and the tests use this), and Flower's command."""
+"""Start and stop Sluice worker processes (``sluice demo`` and the benchmark), and Flower's command.
+
+The tests' own launchers are in ``tests/launch.py``.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +23,6 @@ def worker_command(models: list[str], device: str = "cpu", hostname: str | None 
         cmd += ["--models", ",".join(models)]
     if hostname:
         cmd += ["--hostname", hostname]
-    return cmd
-
-
-def fleet_command(models: list[str], gpus: str, host: str, device: str | None = None) -> list[str]:
-    """``sluice worker --gpus``: a supervisor whose children are named ``gpu<id>@host`` / ``cpu<n>@host``."""
-    cmd = [sys.executable, "-m", "sluice.cli", "worker", "--gpus", gpus, "--hostname", host, "--loglevel", "WARNING"]
-    if device:
-        cmd += ["--device", device]
-    if models:
-        cmd += ["--models", ",".join(models)]
     return cmd
 
 

@@ -19,6 +19,7 @@ from sluice.dispatch import Dispatcher
 from sluice.errors import InfrastructureError
 from sluice.families.base import ItemResult
 from sluice.ledger import Claim, Ledger, Split
+from sluice.logs import log_context
 from sluice.registry import load_registry
 from sluice.settings import Settings
 from worker.engine import BatchStats, Engine, shared_budget
@@ -78,6 +79,7 @@ class WorkerRuntime:
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
         self.ledger = dispatcher.ledger if dispatcher else Ledger.for_settings(settings)
         self.hooks = hooks or Hooks(settings)
+        self.ledger.on_dead_letter = self.hooks.chunk_dead_lettered
         self.pool = ModelPool(
             load_registry(settings.models_file),
             self.device,
@@ -128,7 +130,7 @@ class WorkerRuntime:
         self.hooks.chunk_claimed(claims)
         self._holding = sorted({c.lease for c in claims})
         try:
-            with time_limit(self.settings.chunk_time_limit):
+            with time_limit(self.settings.chunk_time_limit), log_context(model=claims[0].model):
                 report = self._run(claims)
         except (Exception, ChunkTimeLimitError) as exc:
             self._holding = []
@@ -224,15 +226,19 @@ class WorkerRuntime:
                 items.append((len(keys), {**c.params, **fields}))
                 keys.append((c.job_id, item))
         writer = ResultWriter(self.ledger, self.hostname, claims[0].job_id, self.hooks, model)
+        planned = budget.current
         with writer, closing(engine.run(items)) as run:
             for results, stats in run:
                 by_job: dict[str, list[ItemResult]] = {}
                 for r in results:
                     job_id, r.item = keys[r.item]
                     by_job.setdefault(job_id, []).append(r)
-                writer.put(by_job)
                 totals.add(stats)
-                self.hooks.batch_finished(model, stats, len(results))
+                self.hooks.batch_finished(model, stats, len(results))  # before its results are queued
+                writer.put(by_job)
+                if budget.current != planned:  # backed off after out-of-memory, or grown back
+                    planned = budget.current
+                    self.hooks.budget_changed(model, planned, "oom" if stats.splits else "recovered")
                 if writer.cancelled:
                     break
         report.written, report.failed = writer.written, writer.failed

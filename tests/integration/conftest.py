@@ -1,4 +1,8 @@
-"""A real stack per database backend: migrated database, registry of tiny models, worker process."""
+"""A real stack per database backend: migrated database, registry of tiny models, worker process.
+
+``stack`` is the one worker per backend for the whole session: a test uses it unless it must
+kill, restart or configure a worker of its own (``test_fleet``, ``test_routing``).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,11 @@ import pytest
 from producer.client import Client
 from sluice import migrate
 from sluice.celery_app import create_app
-from sluice.process import start_worker, stop_worker, wait_for_worker
 from sluice.registry import BUNDLED_REGISTRY
 from sluice.settings import Settings
 from tests.conftest import make_settings, settings_env
+from tests.launch import start_worker, stop_worker, wait_for_worker
 from tests.models import all_cases, registry_toml
-
-pytestmark = pytest.mark.integration
 
 
 @dataclass

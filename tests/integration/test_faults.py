@@ -25,7 +25,7 @@ from sluice.process import spawn, stop_worker, wait_for_worker, worker_command
 from sluice.settings import Settings
 from sluice.status import JobStatus
 from tests.conftest import _postgres_database, make_settings, settings_env
-from tests.faults.hooks import POISON
+from tests.faults.hooks import POISON, SLOW
 from tests.faults.proxy import CuttableProxy
 
 FAST = {"SLUICE_HEARTBEAT_SECONDS": "1", "SLUICE_LEASE_SECONDS": "4", "SLUICE_MAX_ATTEMPTS": "2"}
@@ -182,3 +182,29 @@ def test_submit_with_redis_down_stores_the_job_and_reconcile_sends_it(
     finally:
         stop_worker(worker)
         stop_worker(reconciler)
+
+
+def test_a_chunk_past_its_time_limit_is_stopped_released_and_retried(
+    pg_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    """Hard time limit: a run that hangs is stopped at SLUICE_CHUNK_TIME_LIMIT (Celery enforces none
+    in the solo pool), its chunk released (one lease at a time) and split until the hanging item is
+    alone; it fails, every other item completes, the worker never dies."""
+    settings = _settings(pg_url, broker_url, tmp_path)
+    migrate.upgrade(settings)
+    client = Client(settings)
+    env = {"SLUICE_HOOKS": "tests.faults.hooks:HangOnSlow", "SLUICE_CHUNK_TIME_LIMIT": "2"}
+    worker = _start(settings, tmp_path, "hang", env)
+    try:
+        job = client.submit("minilm", ["fine 0", SLOW, "fine 2", "fine 3"])
+        took = _until(lambda: client.status(job, explain=False).status.terminal, 120, "the job to end")
+        assert _exactly_once(client, [job]) == {"done": 3, "failed": 1}
+        rows = list(client.results(job))
+        assert [r["status"] for r in rows] == ["done", "failed", "done", "done"]
+        assert "without finishing" in rows[1]["error"]
+        assert worker.poll() is None
+        log = (tmp_path / "hang.log").read_text(errors="replace")
+        assert "ran past its time limit of 2s" in log
+        print(f"time limit: 4 items, 0 lost, 0 duplicated, 0 wrongly failed, the hanging item failed in {took:.1f}s")
+    finally:
+        stop_worker(worker, timeout=5)

@@ -24,14 +24,17 @@ from producer.client import Client
 from sluice import migrate
 from sluice.celery_app import SluiceCelery, create_app
 from sluice.db import Chunk, Item, Job
-from sluice.process import fleet_command, spawn, stop_worker, wait_for_worker
 from sluice.settings import Settings
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 from tests.conftest import make_settings, settings_env
+from tests.launch import start_fleet, stop_worker, wait_for_worker
 from tests.models.common import mixed_texts
 
-pytestmark = pytest.mark.integration
 MODEL = "tiny-clf"
+# One backend: the supervisor never touches the database, and what the workers need from one
+# (claims, leases, a killed worker's chunk coming back) is tested on both in test_store.py; a
+# second fleet, on SQLite, cost two more worker processes for the same supervisor checks.
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Fleet:
 
     def start(self) -> None:
         """(Re)start the supervisor and wait until both children answer a ping."""
-        self.proc = spawn(fleet_command([MODEL], "0,1", self.host, device="cpu"), self.env, self.log)
+        self.proc = start_fleet(self.env, [MODEL], "0,1", self.host, self.log)
         try:
             for node in self.nodes:
                 wait_for_worker(self.app, node, self.proc, timeout=120)
@@ -63,7 +66,7 @@ class Fleet:
 def fleet(
     database_url: str, broker_url: str, registry_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
-    """One supervised pair per backend for the whole module (starting workers is the slow part)."""
+    """One supervised pair for the whole module (starting workers is the slow part)."""
     var = tmp_path_factory.mktemp("fleet")
     # Small chunks and no coalescing, so both workers get a share.
     settings = make_settings(
@@ -77,11 +80,6 @@ def fleet(
     fleet.start()
     yield fleet
     stop_worker(fleet.proc, timeout=60)
-
-
-# The fault tests run on one backend only: each costs a worker restart, and the store's
-# exactly-once contract is tested on both backends elsewhere.
-one_backend = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def children(parent: int) -> dict[str, int]:
@@ -155,7 +153,6 @@ def test_job_spreads_over_pinned_workers(fleet: Fleet) -> None:
     assert set(per_worker) == set(fleet.nodes), per_worker
 
 
-@one_backend
 def test_killed_worker_is_restarted_and_nothing_is_lost(fleet: Fleet) -> None:
     total = 320
     job = fleet.client.submit(MODEL, mixed_texts(total, seed=4))
@@ -175,7 +172,6 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(fleet: Fleet) -> None:
     assert fleet.proc.poll() is None and "died (signal SIGKILL" in fleet.log.read_text(errors="replace")
 
 
-@one_backend
 def test_sigterm_stops_the_fleet_warmly_and_restarting_finishes(fleet: Fleet) -> None:
     total = 320
     job = fleet.client.submit(MODEL, mixed_texts(total, seed=5))

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from sluice.errors import ConfigError
-from sluice.process import flower_command, spawn
+from sluice.process import flower_command
 from sluice.settings import Settings
+from tests.launch import spawn
 
 USER, PASSWORD = "watcher", "not-a-default-pw"
 
@@ -65,7 +66,7 @@ def flower(request: pytest.FixtureRequest, broker_url: str, tmp_path: Path) -> I
         cmd = [sys.executable, "-m", "sluice.cli", "flower", "--port", str(port)]
         env["SLUICE_FLOWER_BASIC_AUTH"] = f"{USER}:{PASSWORD}"
     log = tmp_path / "flower.log"
-    proc = spawn(cmd, env, log)
+    proc = spawn(cmd, env, log, "flower")
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthcheck", proc, log)
         argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
@@ -82,7 +83,6 @@ def flower(request: pytest.FixtureRequest, broker_url: str, tmp_path: Path) -> I
             proc.wait()
 
 
-@pytest.mark.integration
 def test_flower_api_needs_basic_auth(flower: tuple[str, int]) -> None:
     _how, port = flower
     url = f"http://127.0.0.1:{port}/api/workers"

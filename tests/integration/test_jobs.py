@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,17 @@ from sluice.errors import UnknownModelError, ValidationError
 from sluice.status import ItemStatus, JobStatus
 from tests.integration.conftest import Stack, sluice
 from tests.models.common import mixed_texts
+
+
+@cache
+def minilm_reference(texts: tuple[str, ...]) -> np.ndarray:
+    """sentence-transformers' own embeddings of ``texts``, one at a time; once per session (both backends)."""
+    from sentence_transformers import SentenceTransformer
+
+    from sluice.registry import load_registry
+
+    model = SentenceTransformer(load_registry(None).get("minilm").path, device="cpu")
+    return np.asarray(model.encode(list(texts), batch_size=1, normalize_embeddings=False))
 
 
 def test_bulk_job_completes_in_input_order(stack: Stack) -> None:
@@ -31,16 +43,11 @@ def test_bulk_job_completes_in_input_order(stack: Stack) -> None:
 
 
 def test_minilm_matches_sentence_transformers(stack: Stack) -> None:
-    from sentence_transformers import SentenceTransformer
-
-    from sluice.registry import load_registry
-
     texts = mixed_texts(200, seed=7)
     job = stack.client.submit("minilm", texts)
     stack.client.wait(job, timeout=300)
     got = np.array([r["embedding"] for r in stack.client.results(job)], dtype=np.float32)
-    model = SentenceTransformer(load_registry(None).get("minilm").path, device="cpu")
-    want = model.encode(texts, batch_size=1, normalize_embeddings=False)
+    want = minilm_reference(tuple(texts))
     assert got.shape == want.shape == (200, 384)
     np.testing.assert_allclose(got, want, atol=1e-4)
 
@@ -48,10 +55,6 @@ def test_minilm_matches_sentence_transformers(stack: Stack) -> None:
 def test_single_document_jobs_share_forward_passes_exactly_once(stack: Stack) -> None:
     """Cross-job coalescing: one-document jobs, all queued before their messages go out, run
     in shared batches; each chunk is claimed once (the later messages find it done)."""
-    from sentence_transformers import SentenceTransformer
-
-    from sluice.registry import load_registry
-
     texts = mixed_texts(40, seed=3)
     held = Client(stack.settings)
     sends: list[tuple[str, list[int], int, str | None]] = []
@@ -67,8 +70,7 @@ def test_single_document_jobs_share_forward_passes_exactly_once(stack: Stack) ->
     # A batch's results are committed together, so distinct commit times count the batches.
     assert len({row.finished_at for row in items}) <= 10
     got = {row.job_id: np.frombuffer(row.embedding, dtype="<f4") for row in items}
-    model = SentenceTransformer(load_registry(None).get("minilm").path, device="cpu")
-    want = model.encode(texts, batch_size=1, normalize_embeddings=False)
+    want = minilm_reference(tuple(texts))
     np.testing.assert_allclose(np.stack([got[j] for j in jobs]), want, atol=1e-4)
 
 

@@ -24,16 +24,15 @@ from sqlalchemy import func, select
 from producer.client import Client
 from sluice import migrate
 from sluice.celery_app import create_app
-from sluice.db import Chunk, Item, as_utc
+from sluice.clock import as_utc
+from sluice.db import Chunk, Item
 from sluice.ledger import Ledger
-from sluice.process import spawn, stop_worker, wait_for_worker, worker_command
 from sluice.routing import WorkerRow
 from sluice.settings import Settings
 from sluice.status import JobStatus, WorkerStatus
 from tests.conftest import make_settings, settings_env
+from tests.launch import start_worker, stop_worker, wait_for_worker
 from tests.models.common import mixed_texts
-
-pytestmark = pytest.mark.integration
 
 LRU_BUDGET = "250kB"
 
@@ -73,7 +72,7 @@ def fleet(
     }
     hosts = {name: f"{name}-{tag}@localhost" for name in plan}
     procs = {
-        name: spawn([*worker_command(models, hostname=hosts[name]), *extra], worker_env, var / f"{name}.log")
+        name: start_worker(worker_env, models, var / f"{name}.log", hostname=hosts[name], extra=extra)
         for name, (models, worker_env, extra) in plan.items()
     }
     try:

@@ -12,8 +12,7 @@ import pytest
 from sqlalchemy import event, insert, select, update
 
 from producer.client import Client
-from sluice import migrate
-from sluice.db import Chunk, Worker, get_engine, utcnow
+from sluice.db import Chunk, Job, Worker, get_engine, utcnow
 from sluice.families.base import ItemResult
 from sluice.ledger import Claim, Ledger, Split
 from sluice.recovery import reclaim_own, reconcile, stale_chunks
@@ -23,9 +22,8 @@ from worker.runtime import WorkerRuntime
 
 
 @pytest.fixture
-def client(fresh_database_url: str, broker_url: str, tmp_path: Path) -> Client:
-    settings = make_settings(fresh_database_url, broker_url, tmp_path, chunk_size=4, max_attempts=2)
-    migrate.upgrade(settings)
+def client(migrated_database_url: str, broker_url: str, tmp_path: Path) -> Client:
+    settings = make_settings(migrated_database_url, broker_url, tmp_path, chunk_size=4, max_attempts=2)
     client = Client(settings)
     client.dispatcher.send = lambda *a, **k: None  # type: ignore[method-assign]  # no worker here: keep Redis clean
     return client
@@ -214,8 +212,11 @@ def test_cancelled_job_is_not_claimed(client: Client) -> None:
 
 def test_reconcile_finds_expired_leases_and_unsent_chunks(client: Client) -> None:
     job = client.submit("minilm", [str(i) for i in range(10)])  # chunks 0, 1, 2; never enqueued here
-    assert stale_chunks(client.dispatcher)[(job, 0)] == [0, 1, 2]
+    assert job not in {j for j, _ in stale_chunks(client.dispatcher)}  # just created: maybe being sent now
     engine = get_engine(client.settings.resolved_database_url)
+    with engine.begin() as conn:
+        conn.execute(update(Job.__table__).where(Job.id == job).values(created_at=utcnow() - timedelta(seconds=60)))
+    assert stale_chunks(client.dispatcher)[(job, 0)] == [0, 1, 2]
     with engine.begin() as conn:
         conn.execute(update(Chunk.__table__).where(Chunk.job_id == job).values(enqueued_at=utcnow()))
     assert job not in {j for j, _ in stale_chunks(client.dispatcher)}

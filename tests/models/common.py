@@ -22,6 +22,12 @@ def training_texts() -> list[str]:
     return stdlib_documents(limit=600)
 
 
+@cache
+def _documents() -> tuple[str, ...]:
+    """The corpus test inputs are drawn from (parsing the standard library takes seconds: once per process)."""
+    return tuple(stdlib_documents(limit=4000))
+
+
 def build_wordpiece(vocab_size: int = 600) -> Any:
     """A BERT-style fast tokenizer (lower-casing WordPiece with [CLS]/[SEP]) trained in memory."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -102,7 +108,7 @@ def mixed_texts(n: int, seed: int = 1) -> list[str]:
     """n real documents of mixed lengths (a few words to past the model's max length)."""
     import random
 
-    docs = stdlib_documents(limit=4000)
+    docs = _documents()
     rng = random.Random(seed)
     out = [rng.choice(docs) for _ in range(n)]
     out[0] = "ok"

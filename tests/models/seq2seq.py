@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from sluice.families.generation import item_seed
 from tests.models import OracleCase
 from tests.models.common import build_wordpiece, mixed_texts, save
 from tests.models.text_generation import favour_eos, generate_alone, load
-from sluice.families.generation import item_seed
 
 TOL = 1e-4
 # The shared WordPiece tokenizer's special ids.

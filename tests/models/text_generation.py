@@ -14,12 +14,18 @@ from typing import Any
 
 import pytest
 
+from sluice.families.generation import item_seed
 from tests.models import OracleCase
 from tests.models.common import mixed_texts, save, training_texts
-from sluice.families.generation import item_seed
 
 TOL = 1e-4
 EOS = "<|endoftext|>"
+#: The Llama tokenizer's chat template (so a tiny chat model exists): it writes the bos token
+#: itself, which is why rendered conversations are tokenised without special tokens.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 @cache
@@ -58,11 +64,12 @@ def build_gpt2(path: Path, seed: int = 0) -> Path:
 
 
 def build_llama(path: Path, seed: int = 1) -> Path:
-    """Llama with a bos token before each prompt and a pad token of its own."""
+    """Llama with a bos token before each prompt, a pad token of its own and a chat template."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _bpe("<s>", "<pad>")
+    tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,

@@ -30,7 +30,7 @@ REQUIRED = {
 # Variables the file interpolates; cleared so a developer's shell cannot change what is tested.
 OPTIONAL = [
     "POSTGRES_USER", "POSTGRES_DB", "SLUICE_PRELOAD", "SLUICE_QUEUE", "SLUICE_MODELS_DIR", "SLUICE_IMAGE",
-    "SLUICE_CPU_WORKERS", "SLUICE_RECONCILE_EVERY", "SLUICE_API_PORT",
+    "SLUICE_CPU_WORKERS", "SLUICE_RECONCILE_EVERY", "SLUICE_API_PORT", "GRAFANA_ADMIN_PASSWORD", "PROMETHEUS_RETENTION",
 ]  # fmt: skip
 
 
@@ -97,7 +97,7 @@ def test_required_variable_missing_fails_by_name(compose, variable: str) -> None
 
 def test_long_running_services_have_healthchecks(services: dict[str, Any]) -> None:
     long_running = {name for name, svc in services.items() if svc.get("restart") != "no"}
-    assert long_running == {"redis", "postgres", "beat", "worker-gpu0", "worker-cpu", "flower", "api"}
+    assert long_running == {"redis", "postgres", "beat", "worker-gpu0", "worker-cpu", "flower", "api", "metrics"}
     for name in long_running:
         check = services[name].get("healthcheck") or {}
         assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
@@ -135,11 +135,11 @@ def test_redis_is_durable_and_password_protected(services: dict[str, Any]) -> No
 
 
 def test_workers_wait_for_migrations_and_share_settings(services: dict[str, Any]) -> None:
-    for name in ("worker-gpu0", "worker-cpu", "beat", "api"):
+    for name in ("worker-gpu0", "worker-cpu", "beat", "api", "metrics"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["redis"]["condition"] == deps["postgres"]["condition"] == "service_healthy"
-    for name in ("migrate", "worker-gpu0", "worker-cpu", "flower", "beat", "api"):
+    for name in ("migrate", "worker-gpu0", "worker-cpu", "flower", "beat", "api", "metrics"):
         env = services[name]["environment"]
         assert env["SLUICE_BROKER_URL"] == "redis://:dummy-redis-pw@redis:6379/0"
         assert env["SLUICE_DATABASE_URL"] == "postgresql+psycopg://sluice:dummy-pg-pw@postgres:5432/sluice"
@@ -156,3 +156,27 @@ def test_dockerfile_pins_project_torch_and_has_variant_arg() -> None:
     assert 'ENTRYPOINT ["sluice"]' in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".venv", ".git", "var"} <= set(ignored)
+
+
+def test_monitoring_profile_scrapes_every_sluice_service(compose) -> None:
+    """prometheus and grafana run only under the monitoring profile, on localhost ports, with the
+    deploy/ files; Prometheus's targets are the Compose services that serve /metrics."""
+    import yaml
+
+    proc = compose("--profile", "monitoring", "--profile", "cpu", "config", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    services = json.loads(proc.stdout)["services"]
+    for name, port in (("prometheus", "9090"), ("grafana", "3000")):
+        assert services[name]["profiles"] == ["monitoring"]
+        assert [(p["host_ip"], str(p["published"])) for p in services[name]["ports"]] == [("127.0.0.1", port)]
+        assert services[name]["healthcheck"]["test"]
+    mounts = {v["target"]: v["source"] for v in services["prometheus"]["volumes"] if v["type"] == "bind"}
+    assert mounts["/etc/prometheus/prometheus.yml"] == str(ROOT / "deploy" / "prometheus.yml")
+    assert "GF_SECURITY_ADMIN_PASSWORD" in " ".join(services["grafana"]["entrypoint"])  # refuses an empty one
+    assert services["metrics"]["command"][:1] == ["metrics"]
+    for name in ("worker-gpu0", "worker-cpu"):
+        assert services[name]["environment"]["SLUICE_METRICS_PORT"] == "9401"
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {"metrics:9400", "worker-gpu0:9401", "worker-cpu:9401", "api:8000"}
+    assert {t.split(":")[0] for t in targets} <= set(services)

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The shell sits on top of everything; it may import producer and worker.
-SHELL = {"sluice.cli", "sluice.cli_errors", "sluice.demo", "sluice.process", "sluice.api", "sluice.scheduler"}
+SHELL = {"sluice.cli", "sluice.cli_errors", "sluice.demo", "sluice.process", "sluice.api", "sluice.scheduler",
+         "sluice.exporter", "sluice.top", "sluice.monitor_commands"}  # fmt: skip
 #: Packages whose every module is shell (the HTTP API sits on the producer client and the ledger).
 SHELL_PACKAGES = ("sluice.api.",)
 #: Core modules allowed to use SQLAlchemy: the schema, the migrations runner and the ledger.
