@@ -4,7 +4,8 @@ and chunk state machine (:mod:`sluice.ledger.transitions`), in one place.
 Producers, workers, recovery, routing and the shell call :class:`Ledger`; no other module builds
 SQL over these tables. The parts are split by who calls them: :mod:`~sluice.ledger.jobs`
 (producers and readers), :mod:`~sluice.ledger.claims` (workers), :mod:`~sluice.ledger.workers`
-(presence and routing), :mod:`~sluice.ledger.recovery` (reconcile), and for the HTTP API
+(presence and routing), :mod:`~sluice.ledger.recovery` (reconcile), :mod:`~sluice.ledger.stats`
+(cluster figures for the metrics exporter and ``sluice top``), and for the HTTP API
 :mod:`~sluice.ledger.api` (keys, files) and :mod:`~sluice.ledger.batches` (OpenAI-style batches).
 """
 
@@ -14,14 +15,15 @@ from sluice.ledger.claims import Claim, ClaimsLedger, Split, Written
 from sluice.ledger.codec import ACTIVE_JOBS, RESULT_COLUMNS, csv_cells
 from sluice.ledger.jobs import JobInfo, JobsLedger, NewItem, NewJob
 from sluice.ledger.recovery import ChunkRef, RecoveryLedger
+from sluice.ledger.stats import ChunkGroup, ClusterStats, RunningChunk, StatsLedger
 from sluice.ledger.workers import WorkersLedger
 
 
-class Ledger(JobsLedger, ClaimsLedger, WorkersLedger, RecoveryLedger, BatchesLedger):
+class Ledger(JobsLedger, ClaimsLedger, WorkersLedger, RecoveryLedger, BatchesLedger, StatsLedger):
     """One database's ledger: ``Ledger.for_settings(settings)``."""
 
 
 __all__ = [
-    "ACTIVE_JOBS", "RESULT_COLUMNS", "TERMINAL", "BatchInfo", "ChunkRef", "Claim", "FileInfo", "JobInfo", "KeyInfo",
-    "Ledger", "NewItem", "NewJob", "Split", "Written", "csv_cells",
+    "ACTIVE_JOBS", "RESULT_COLUMNS", "TERMINAL", "BatchInfo", "ChunkGroup", "ChunkRef", "Claim", "ClusterStats",
+    "FileInfo", "JobInfo", "KeyInfo", "Ledger", "NewItem", "NewJob", "RunningChunk", "Split", "Written", "csv_cells",
 ]  # fmt: skip

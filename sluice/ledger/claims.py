@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,6 +53,10 @@ class Claim:
     items: list[tuple[int, dict[str, Any]]]
     #: a retry after a lost run, or a part split off one: run it alone, coalesce nothing with it
     alone: bool = False
+    #: when its job was submitted (metrics: time from submit to claim)
+    submitted_at: datetime | None = None
+    #: deliveries of the chunk, this one included (more than 1: a redelivery)
+    deliveries: int = 1
 
 
 @dataclass
@@ -88,6 +93,9 @@ class Written(tuple[int, int]):
 
 
 class ClaimsLedger(LedgerBase):
+    #: called with (model, job id, chunk index, items failed) after a chunk is dead-lettered (a worker's metrics)
+    on_dead_letter: Callable[[str, str, int, int], None] | None = None
+
     def claim(self, job_id: str, idx: int, worker: str | None = None) -> Claim | Split | None:
         """Take the chunk; None when there is nothing to do.
 
@@ -105,7 +113,8 @@ class ClaimsLedger(LedgerBase):
             # One read decides the common no-work case: the message of a chunk a coalescing
             # worker already ran (every single-document job's message ends here).
             chunk = conn.execute(
-                select(chunks, jobs.c.status.label("job_status"), jobs.c.model, jobs.c.params, jobs.c.priority)
+                select(chunks, jobs.c.status.label("job_status"), jobs.c.model, jobs.c.params, jobs.c.priority,
+                       jobs.c.created_at.label("submitted_at"))
                 .join(jobs, jobs.c.id == chunks.c.job_id)
                 .where(chunks.c.job_id == job_id, chunks.c.idx == idx)
             ).one_or_none()  # fmt: skip
@@ -114,7 +123,9 @@ class ClaimsLedger(LedgerBase):
             if JobStatus(chunk.job_status).terminal:
                 close_chunks(conn, [(job_id, idx)], lease=None)
                 return None
-            mine = worker is not None and chunk.leased_by == worker
+            # Its own lease on a running chunk: given back by a failed run (a queued chunk's leased_by
+            # only names who must send it, see split_chunk).
+            mine = worker is not None and chunk.status == ChunkStatus.RUNNING and chunk.leased_by == worker
             if chunk.status == ChunkStatus.RUNNING and not mine and not self._lease_expired(chunk.leased_at):
                 return None
             lease, now = str(uuid.uuid4()), utcnow()
@@ -130,12 +141,14 @@ class ClaimsLedger(LedgerBase):
             found = self._take_items(conn, in_chunk).get(job_id, [])
             lost = chunk.deliveries > 0 and not mine  # claimed before and never closed: that run was lost
             if lost and len(found) > 1:
-                children = split_chunk(conn, (job_id, idx), [i for i, _ in found], chunk.stop)
+                children = split_chunk(conn, (job_id, idx), [i for i, _ in found], chunk.stop, worker)
                 return Split(job_id, children, chunk.priority, chunk.model)
         if lost and chunk.deliveries + 1 > self.max_attempts:
-            self.dead_letter(job_id, idx, lease, found, chunk.deliveries + 1)
+            self.dead_letter(job_id, idx, lease, found, chunk.deliveries + 1, model=chunk.model)
             return None
-        return Claim(job_id, idx, lease, chunk.model, chunk.params or {}, found, alone=lost or chunk.isolated)
+        deliveries = chunk.deliveries + (0 if mine else 1)
+        return Claim(job_id, idx, lease, chunk.model, chunk.params or {}, found, alone=lost or chunk.isolated,
+                     submitted_at=as_utc(chunk.submitted_at), deliveries=deliveries)  # fmt: skip
 
     @staticmethod
     def _take_items(conn: Connection, pending: Any) -> dict[str, list[tuple[int, Any]]]:
@@ -171,7 +184,9 @@ class ClaimsLedger(LedgerBase):
                 return []
             lease_queued(conn, chosen, lease, worker, now)
             taken = conn.execute(
-                select(chunks.c.job_id, chunks.c.idx, chunks.c.start, chunks.c.stop, chunks.c.deliveries)
+                select(chunks.c.job_id, chunks.c.idx, chunks.c.start, chunks.c.stop, chunks.c.deliveries,
+                       jobs.c.created_at)
+                .join(jobs, jobs.c.id == chunks.c.job_id)
                 .where(tuple_(chunks.c.job_id, chunks.c.idx).in_(chosen), chunks.c.lease == lease)
             ).all()  # fmt: skip
             if not taken:
@@ -185,19 +200,24 @@ class ClaimsLedger(LedgerBase):
         for r in sorted(taken, key=lambda r: rank[r.job_id, r.idx]):
             found = [(i, x) for i, x in by_job.get(r.job_id, []) if r.start <= i < r.stop]
             if r.deliveries > self.max_attempts:
-                self.dead_letter(r.job_id, r.idx, lease, found, r.deliveries)
+                self.dead_letter(r.job_id, r.idx, lease, found, r.deliveries, model=model)
             else:
-                claims.append(Claim(r.job_id, r.idx, lease, model, params[r.job_id, r.idx], found))
+                claims.append(Claim(r.job_id, r.idx, lease, model, params[r.job_id, r.idx], found,
+                                    submitted_at=as_utc(r.created_at), deliveries=r.deliveries))  # fmt: skip
         return claims
 
-    def dead_letter(self, job_id: str, idx: int, lease: str, found: list[tuple[int, Any]], n: int) -> None:
-        """Fail a chunk's pending items after too many deliveries, and close it."""
+    def dead_letter(
+        self, job_id: str, idx: int, lease: str, found: list[tuple[int, Any]], n: int, model: str = ""
+    ) -> None:
+        """Fail a chunk's pending items after too many deliveries, and close it (``on_dead_letter`` hears of it)."""
         error = (
             f"chunk {idx} was delivered {n} times without finishing (worker lost each time); "
             f"its items are failed after {self.max_attempts} attempts"
         )
-        self.write_results({job_id: [ItemResult(item=i, error=error) for i, _ in found]}, worker=None)
+        written = self.write_results({job_id: [ItemResult(item=i, error=error) for i, _ in found]}, worker=None)
         self.close(job_id, idx, lease)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(model, job_id, idx, written.failed)
 
     def is_cancelled(self, job_id: str) -> bool:
         with self.engine.connect() as conn:

@@ -44,8 +44,12 @@ class RecoveryLedger(LedgerBase):
         if not hostnames:
             return []
         active = select(jobs.c.id).where(jobs.c.status.in_(ACTIVE_JOBS))
-        held = and_(chunks.c.status == ChunkStatus.RUNNING.value, chunks.c.leased_by.in_(list(hostnames)),
-                    chunks.c.job_id.in_(active))  # fmt: skip
+        # Running under their lease, or split parts they had not sent yet (see split_chunk).
+        theirs = or_(
+            chunks.c.status == ChunkStatus.RUNNING.value,
+            and_(chunks.c.status == ChunkStatus.QUEUED.value, chunks.c.enqueued_at.is_(None)),
+        )
+        held = and_(theirs, chunks.c.leased_by.in_(list(hostnames)), chunks.c.job_id.in_(active))  # fmt: skip
         query = (select(chunks.c.job_id, chunks.c.idx, jobs.c.priority, jobs.c.model)
                  .join(jobs, jobs.c.id == chunks.c.job_id).where(held))  # fmt: skip
         with self.engine.begin() as conn:

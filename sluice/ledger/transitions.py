@@ -141,8 +141,11 @@ def renew_leases(conn: Connection, leases: list[str], now: datetime) -> int:
     return int(res.rowcount)
 
 
-def split_chunk(conn: Connection, key: ChunkKey, pending: list[int], stop: int) -> list[int]:
+def split_chunk(conn: Connection, key: ChunkKey, pending: list[int], stop: int, worker: str | None) -> list[int]:
     """running -> done, its pending items handed to two new queued, isolated chunks; their indices.
+
+    The parts carry ``worker`` in ``leased_by`` until their messages are recorded sent: should it
+    die between this commit and the send, recovery of its chunks sends them (``release_held_by``).
 
     The cut is at the middle pending item, so both parts have work; the parts start with no
     deliveries and run alone (never coalesced), so a part that is lost again splits again.
@@ -153,7 +156,7 @@ def split_chunk(conn: Connection, key: ChunkKey, pending: list[int], stop: int) 
     parts = [(pending[0], cut), (cut, stop)]
     conn.execute(insert(chunks), [
         {"job_id": job_id, "idx": first + n, "start": start, "stop": end, "status": ChunkStatus.QUEUED.value,
-         "deliveries": 0, "isolated": True}
+         "deliveries": 0, "isolated": True, "leased_by": worker}
         for n, (start, end) in enumerate(parts)
     ])  # fmt: skip
     close_chunks(conn, [key], lease=None)

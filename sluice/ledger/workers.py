@@ -43,6 +43,6 @@ class WorkersLedger(LedgerBase):
             if live or include_stale:
                 found.append(WorkerRow(
                     r.hostname, r.pid, r.device, tuple(r.queues or ()), tuple(r.models or ()),
-                    tuple(r.evictions or ()), r.memory_budget, status, as_utc(r.started_at), beat, live,
+                    tuple(r.evictions or ()), r.memory_budget, status, as_utc(r.started_at), beat, live, r.metrics,
                 ))  # fmt: skip
         return found

@@ -293,3 +293,17 @@ def test_a_failed_run_releases_its_chunk_for_redelivery(client: Client) -> None:
     assert store.release(job, 0, claim.lease)
     again = store.claim(job, 0, worker="w@host")  # the requeued message claims it at once
     assert again is not None and again.lease != claim.lease
+
+
+def test_split_parts_a_worker_died_before_sending_are_sent_by_recovery(client: Client) -> None:
+    job = client.submit("minilm", ["a", "b", "c"])
+    store = Ledger(client.settings.resolved_database_url, max_attempts=3, lease_seconds=0)
+    assert isinstance(store.claim(job, 0, worker="w1@host"), Claim)
+    split = store.claim(job, 0, worker="w2@host")  # w1's run was lost; w2 splits, then dies unsent
+    assert isinstance(split, Split)
+    held = store.release_held_by(["w2@host"])
+    assert sorted((c.job_id, c.idx) for c in held) == [(job, i) for i in split.children]
+    store.mark_sent(job, split.children, client.settings.queue)
+    assert store.release_held_by(["w2@host"]) == []  # sent now: nothing of theirs left to send
+    part = store.claim(job, split.children[0], worker="w2@host")  # its own part, not its lease
+    assert isinstance(part, Claim) and part.items != [] and part.alone
