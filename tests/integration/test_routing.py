@@ -34,6 +34,10 @@ from tests.conftest import make_settings, settings_env
 from tests.launch import start_worker, stop_worker, wait_for_worker
 from tests.models.common import mixed_texts
 
+# Routing reads the workers table through the ledger, which test_store covers on both backends;
+# the fleet's six worker processes run once, on PostgreSQL.
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
 LRU_BUDGET = "250kB"
 
 
