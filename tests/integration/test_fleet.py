@@ -116,9 +116,20 @@ def finish(fleet: Fleet, job: str, timeout: float = 120) -> None:
     """Poll until the job ends (no reconcile: what a killed worker held comes back by itself)."""
     deadline = time.monotonic() + timeout
     while not (info := fleet.client.status(job, explain=False)).status.terminal:
-        assert time.monotonic() < deadline, f"job still {info.status} after {timeout}s: {info.finished}/{info.total}"
+        assert time.monotonic() < deadline, (
+            f"job still {info.status} after {timeout}s: {info.finished}/{info.total}; open chunks "
+            f"{open_chunks(fleet, job)}; log tail {fleet.log.read_text(errors='replace')[-3000:]}"
+        )
         time.sleep(0.2)
     assert info.status is JobStatus.COMPLETED
+
+
+def open_chunks(fleet: Fleet, job: str) -> list[tuple[object, ...]]:
+    """The job's chunks not done, with their lease state: what a stuck job is waiting on."""
+    cols = (Chunk.idx, Chunk.start, Chunk.stop, Chunk.status, Chunk.deliveries, Chunk.leased_by, Chunk.leased_at,
+            Chunk.enqueued_at, Chunk.queue)  # fmt: skip
+    with fleet.client.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(*cols).where(Chunk.job_id == job, Chunk.status != "done"))]
 
 
 def assert_exactly_once(fleet: Fleet, job: str, total: int) -> Counter[str]:
