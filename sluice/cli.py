@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from sluice.cli_errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_UNREACHABLE, describe_error
 from sluice.errors import ConfigError
+from sluice.logs import configure_logging
 from sluice.settings import Settings, get_settings
 
 __all__ = ["EXIT_INVALID", "EXIT_UNREACHABLE", "build_parser", "describe_error", "main"]
@@ -235,7 +236,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     dispatcher = Dispatcher(settings, Ledger.for_settings(settings))
     if args.every:
-        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings, "INFO")
         reconcile_every(dispatcher, args.every, debug=getattr(args, "debug", False))
     print(f"re-enqueued {reconcile(dispatcher, include_queued=args.include_queued)} chunk(s)")
     return 0
@@ -367,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sluice.api.commands import add_commands  # `sluice api` and `sluice keys`
 
     add_commands(sub)
+    from sluice.monitor_commands import add_commands as add_monitoring  # `sluice metrics` and `sluice top`
+
+    add_monitoring(sub)
 
     p = sub.add_parser("demo", help="run a bulk job end to end on the embedded defaults")
     p.add_argument("--docs", type=int, default=2000)
@@ -388,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = get_settings()
+        # Warnings as bare lines (as before), or JSON with SLUICE_LOG_FORMAT=json; secrets masked.
+        configure_logging(settings, "WARNING", text_format="%(message)s")
         return int(args.func(args, settings))
     except KeyboardInterrupt:
         if debug:

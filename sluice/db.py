@@ -148,6 +148,8 @@ class Worker(Base):
     status: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: ``host:port`` of its Prometheus /metrics endpoint (``SLUICE_METRICS_PORT``); None without one
+    metrics: Mapped[str | None] = mapped_column(String(255))
 
 
 class ApiKey(Base):

@@ -47,6 +47,8 @@ class WorkerRow:
     started_at: datetime
     heartbeat_at: datetime
     live: bool
+    #: ``host:port`` of its /metrics endpoint, if it serves one
+    metrics: str | None = None
 
     @property
     def heartbeat_age_s(self) -> float:
@@ -106,6 +108,8 @@ def describe_worker(w: WorkerRow) -> str:
         f"memory {format_size(w.memory_used)} / {budget}",
         f"  queues: {', '.join(w.queues)}",
     ]
+    if w.metrics:
+        lines.append(f"  metrics: http://{w.metrics}/metrics")
     for m in w.models:
         pinned = ", pinned" if m.get("pinned") else ""
         lines.append(f"  model {m['model']} ({m.get('task')}, {m.get('dtype')}, {format_size(m.get('bytes'))}"

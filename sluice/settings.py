@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = Field(
         None, description="`user:password[,user2:password2]` that `sluice flower` requires; never a default."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (timestamp, level, logger, context); `text`: plain."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="A worker's Prometheus /metrics port (`--gpus`: base + index); unset: none."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address a worker's /metrics listens on (0.0.0.0: all).")
 
     api_max_body_bytes: int = Field(
         64 * 2**20, ge=1024, description="Largest request body `sluice api` accepts (413 above), file uploads aside."

@@ -15,6 +15,13 @@ Events and the thread they run on:
 * ``model_loaded`` / ``model_evicted`` (task thread)
 * ``job_finished`` with the jobs a result write completed (writer thread)
 * ``message_dropped`` with the queue and reason of a malformed message (main thread)
+* ``chunk_dead_lettered`` when a chunk's items are failed after too many lost runs (task thread)
+* ``budget_changed`` when a model's token budget backs off after out-of-memory or grows back (task thread)
+* ``commit_timed`` with the seconds one result transaction took (writer thread)
+
+:class:`~sluice.ledger.Claim` carries ``submitted_at`` (its job's submission) and ``deliveries``
+(more than 1: a redelivery) for such hooks; :mod:`worker.metrics` (``PrometheusHooks``, enabled by
+``SLUICE_METRICS_PORT``) is built on these events alone.
 
 A hook that raises is logged with its traceback and never stops the worker; hooks run inline, so
 a slow one slows the worker: hand slow work (an HTTP call) to a thread or queue of your own.
@@ -66,6 +73,15 @@ class Hooks:
 
     def message_dropped(self, queue: str, reason: str) -> None:
         """A message that can never be a valid chunk reference was dropped (:mod:`worker.messages`)."""
+
+    def chunk_dead_lettered(self, model: str, job_id: str, idx: int, n_items: int) -> None:
+        """Chunk ``idx`` of ``job_id`` was delivered too often without finishing: its ``n_items`` failed."""
+
+    def budget_changed(self, model: str, tokens: int, reason: str) -> None:
+        """``model``'s padded-token budget is now ``tokens``; ``reason``: ``oom`` (backed off) or ``recovered``."""
+
+    def commit_timed(self, model: str, seconds: float, rows: int) -> None:
+        """One result transaction of ``rows`` rows for ``model`` committed in ``seconds``."""
 
 
 _EVENTS = [name for name, value in vars(Hooks).items() if callable(value) and not name.startswith("_")]

@@ -47,23 +47,28 @@ def run_worker(
 ) -> None:
     from celery.signals import worker_ready, worker_shutting_down
 
+    from sluice.logs import configure_logging
     from sluice.recovery import reclaim_own
     from worker import messages, tasks
     from worker.hooks import load_hooks
+    from worker.metrics import enable_metrics
     from worker.presence import Presence
     from worker.runtime import WorkerRuntime, configure_threads
 
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    node = hostname or f"{device.replace(':', '')}@{socket.gethostname()}"
+    configure_logging(settings, loglevel, worker=node)  # SLUICE_LOG_FORMAT; secrets masked either way
     configure_threads(settings)
     app = create_app(settings)
-    node = hostname or f"{device.replace(':', '')}@{socket.gethostname()}"
     queues = queues or worker_queues(settings.queue, models)
     hooks = load_hooks(settings)
+    metrics = enable_metrics(hooks, settings)  # SLUICE_METRICS_PORT: /metrics from a PrometheusHooks
     messages.install(app, settings.queue, hooks, node)  # malformed messages are dropped, not fatal
     dispatcher = Dispatcher(settings, Ledger.for_settings(settings), app)
     runtime = WorkerRuntime(settings, device=device, hostname=node, hooks=hooks, dispatcher=dispatcher)
     presence = Presence(runtime.ledger, node, runtime.device, queues, settings.max_model_memory,
                         settings.heartbeat_seconds, runtime.pool.snapshot, on_beat=runtime.renew_leases)  # fmt: skip
+    if metrics:
+        presence.static["metrics"] = metrics  # listed by `sluice workers`
     runtime.pool.on_change = presence.report
 
     def ready(**_: Any) -> None:
@@ -84,6 +89,7 @@ def run_worker(
         # per-child model copies); concurrency comes from one worker process per device.
         celery_code = app.start(
             [
+                *(["--quiet"] if settings.log_format == "json" else []),  # no banner amid JSON lines
                 "worker",
                 "--pool=solo",
                 "--concurrency=1",

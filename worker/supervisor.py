@@ -5,7 +5,8 @@ each child must see only its own device. It finds GPUs with ``nvidia-smi -L`` (o
 ``/proc/driver/nvidia/gpus``) and starts one plain ``sluice worker`` per device with
 ``CUDA_VISIBLE_DEVICES=<id>`` set before the child imports torch, so inside the child the device
 is ``cuda:0`` and its Celery node is ``gpu<id>@<host>``. With no GPU (or ``--gpus none``) it
-starts ``--workers N`` CPU workers, ``cpu<n>@<host>``, splitting the cores between them.
+starts ``--workers N`` CPU workers, ``cpu<n>@<host>``, splitting the cores between them. With
+``SLUICE_METRICS_PORT`` set, child ``n`` serves its Prometheus metrics on that port + ``n``.
 
 A child that exits without being asked to, whatever its exit code (0 included: a worker stops
 only when asked, and ``sluice worker`` exits non-zero when its Celery loop ends on its own), is
@@ -146,11 +147,18 @@ def plan_fleet(
     threads = (settings.torch_threads if settings else None) or max(1, (cores or usable_cores()) // n)
     base_env = {"TOKENIZERS_PARALLELISM": "false", "SLUICE_TORCH_THREADS": str(threads),
                 "OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS", str(threads))}  # fmt: skip
+    base = settings.metrics_port if settings else None  # each child serves /metrics on base + its index
+
+    def port(k: int) -> dict[str, str]:
+        return {"SLUICE_METRICS_PORT": str(base + k)} if base else {}
+
     if ids:
         child_device = device if device == "cpu" else "cuda:0"
-        return [_spec(f"gpu{i}@{host}", child_device, options, {**base_env, "CUDA_VISIBLE_DEVICES": i}) for i in ids]
+        return [_spec(f"gpu{i}@{host}", child_device, options, {**base_env, **port(k), "CUDA_VISIBLE_DEVICES": i})
+                for k, i in enumerate(ids)]  # fmt: skip
     # An empty CUDA_VISIBLE_DEVICES keeps CPU workers off any GPU the machine has.
-    return [_spec(f"cpu{k}@{host}", "cpu", options, {**base_env, "CUDA_VISIBLE_DEVICES": ""}) for k in range(n)]
+    return [_spec(f"cpu{k}@{host}", "cpu", options, {**base_env, **port(k), "CUDA_VISIBLE_DEVICES": ""})
+            for k in range(n)]  # fmt: skip
 
 
 def _spec(name: str, device: str, options: list[str], env: dict[str, str]) -> ChildSpec:
@@ -313,12 +321,15 @@ def spawn_process(spec: ChildSpec) -> subprocess.Popen[bytes]:
 
 def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     """``sluice worker --gpus ...``: plan the fleet, forward stop signals, supervise until stopped."""
-    logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sluice.logs import configure_logging
+
+    configure_logging(settings, args.loglevel)
     host = (args.hostname or socket.gethostname()).rpartition("@")[2]
     specs = plan_fleet(args.gpus, child_options(args), host, args.device, args.workers, settings)
     for spec in specs:
-        log.info("worker %s: CUDA_VISIBLE_DEVICES=%r, %s torch threads", spec.name,
-                 spec.env["CUDA_VISIBLE_DEVICES"], spec.env["SLUICE_TORCH_THREADS"])  # fmt: skip
+        metrics = f", metrics on port {spec.env['SLUICE_METRICS_PORT']}" if "SLUICE_METRICS_PORT" in spec.env else ""
+        log.info("worker %s: CUDA_VISIBLE_DEVICES=%r, %s torch threads%s", spec.name,
+                 spec.env["CUDA_VISIBLE_DEVICES"], spec.env["SLUICE_TORCH_THREADS"], metrics)  # fmt: skip
     supervisor = Supervisor(specs, spawn_process, stop_timeout=settings.worker_stop_timeout)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: supervisor.request_stop(signum))

@@ -20,6 +20,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from sluice.celery_app import PROCESS_CHUNK
+from sluice.logs import log_context
 from worker.messages import chunk_ref_problem, drop
 
 log = logging.getLogger("sluice.worker")
@@ -65,6 +66,7 @@ def register(app: Celery, runtime: ChunkRunner) -> Any:
         Strategy="worker.messages:chunk_strategy",
     )  # fmt: skip
     def process_chunk(job_id: str, idx: int) -> dict[str, object]:
-        return run_chunk(runtime, job_id, idx)
+        with log_context(job=job_id, chunk=idx):  # JSON log lines carry them (SLUICE_LOG_FORMAT=json)
+            return run_chunk(runtime, job_id, idx)
 
     return process_chunk

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from types import TracebackType
 
 from sluice.families.base import ItemResult
@@ -71,7 +72,10 @@ class ResultWriter:
                 continue  # keep draining so that put() never blocks on a dead writer
             try:
                 if results:
+                    started = time.perf_counter()
                     written = self.ledger.write_results(results, self.worker)
+                    rows = sum(len(batch) for batch in results.values())
+                    self.hooks.commit_timed(self.model, time.perf_counter() - started, rows)
                     self.written += written.done
                     self.failed += written.failed
                     self._announce(written.by_job, written.finished_jobs)

@@ -52,8 +52,11 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
             "no API key in the database: create one with `sluice keys create --name NAME --scopes submit,read` "
             "(or run `sluice api --no-auth` on a loopback host)"
         )
+    from sluice.logs import configure_logging
+
+    configure_logging(settings, args.log_level)  # uvicorn's loggers too (log_config=None): one format, redacted
     app = create_app(settings, no_auth=args.no_auth)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False, log_config=None)
     return 0
 
 
