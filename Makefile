@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# Two test processes, each module whole on one of them: the integration tests mostly wait on the
+# worker, API and server processes they start (load about 1.2 on 2 cores run serially), so two
+# at once took the suite from 14 min 5 s to 9 min 39 s here. PYTEST_WORKERS= runs it serially.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test lint bench bench-quick clean
@@ -25,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m bench

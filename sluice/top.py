@@ -13,7 +13,6 @@ with ``--once``) it is the average since its models loaded, shown as ``~N``.
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import datetime
 from typing import Any
@@ -157,8 +156,8 @@ def _queues(snap: Snapshot, settings: Settings) -> Table:
 
 def _console(once: bool) -> Console:
     console = Console()
-    if once and not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=ONCE_WIDTH)
+    if once and not console.is_terminal:  # a script reads the frame: never cut names to COLUMNS=80
+        console = Console(width=max(ONCE_WIDTH, console.width))
     return console
 
 
