@@ -62,6 +62,32 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"sluice tests: processes started {started}; tiny models and oracles {oracles}")
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No secret in clear in any process log the whole run wrote (tests/secrets.py).
+
+    Runs once, where the run's base temporary directory is whole: in the pytest-xdist controller
+    after every worker has finished (workers write under ``<basetemp>/popen-gw*``), or in the one
+    process of a plain run. A leak fails the run even when every test passed.
+    """
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller scans all workers' logs at the end
+    from tests.secrets import scan
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    leaks = scan(factory.getbasetemp())
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        lines = [f"  {path}: {', '.join(found)}" for path, found in leaks.items()]
+        message = "secrets in clear in process logs (tests/secrets.py):\n" + "\n".join(lines)
+    else:
+        message = "sluice tests: no secret in clear in the run's process logs"
+    if reporter is not None:
+        reporter.write_line(message)
+
+
 def _missing(what: str, why: str) -> None:
     message = f"{what} is not reachable ({why})"
     if CI:

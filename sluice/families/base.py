@@ -38,9 +38,23 @@ class Feature:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """A binary result of an item (a depth map, a mask, a waveform), stored beside its row.
+
+    ``media_type`` is what it is (``image/png``, ``application/x-npy``, ``audio/wav``); ``name``
+    optionally says which of several it is (a mask's label), for exports and the client.
+    """
+
+    media_type: str
+    data: bytes
+    name: str | None = None
+
+
 @dataclass
 class ItemResult:
-    """What gets stored for one item. ``embedding`` is stored as float32 bytes."""
+    """What gets stored for one item. ``embedding`` is stored as float32 bytes; ``artifacts``
+    (binary results) go to their own table in the same transaction as the row."""
 
     item: int
     label: str | None = None
@@ -50,6 +64,7 @@ class ItemResult:
     error: str | None = None
     n_tokens: int | None = None
     compute_ms: float | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
 
 
 class TaskFamily(ABC):

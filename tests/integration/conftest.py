@@ -32,21 +32,44 @@ class Stack:
     client: Client
     worker: Popen[bytes]
     env: dict[str, str]
-    model_dirs: dict[str, Path]
+    model_dirs: ModelDirs
+
+
+class ModelDirs(dict[str, Path]):
+    """Every oracle case's tiny model directory, built on first access (then reused).
+
+    The registry names every directory up front, but a model is built only when a test asks for
+    it, before it submits to it: a process that runs three families' tests builds three models.
+    """
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self.cases = {case.model: case for case in all_cases()}
+
+    def path(self, name: str) -> Path:
+        """Where ``name`` is (or will be) built, without building it."""
+        return self.root / name
+
+    def __missing__(self, name: str) -> Path:
+        built = self.cases[name].build(self.path(name))
+        if built != self.path(name):  # built earlier in this process, elsewhere: link it where the registry looks
+            self.path(name).symlink_to(built, target_is_directory=True)
+        self[name] = built
+        return built
 
 
 @pytest.fixture(scope="session")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every oracle case's tiny model, built once per session."""
-    root = tmp_path_factory.mktemp("models")
-    return {case.model: case.build(root / case.model) for case in all_cases()}
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> ModelDirs:
+    """Every oracle case's tiny model, built on first use and once per session."""
+    return ModelDirs(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")
-def registry_file(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cases = {case.model: case for case in all_cases()}
+def registry_file(model_dirs: ModelDirs, tmp_path_factory: pytest.TempPathFactory) -> Path:
     entries = {
-        name: {"task": cases[name].task, "path": str(path), **cases[name].registry} for name, path in model_dirs.items()
+        name: {"task": case.task, "path": str(model_dirs.path(name)), **case.registry}
+        for name, case in model_dirs.cases.items()
     }
     path = tmp_path_factory.mktemp("registry") / "models.toml"
     path.write_text(BUNDLED_REGISTRY.read_text(encoding="utf-8") + "\n" + registry_toml(entries), encoding="utf-8")
@@ -55,7 +78,7 @@ def registry_file(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 def stack(
-    database_url: str, broker_url: str, registry_file: Path, model_dirs: dict[str, Path],
+    database_url: str, broker_url: str, registry_file: Path, model_dirs: ModelDirs,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:  # fmt: skip
     var = tmp_path_factory.mktemp("var")

@@ -49,10 +49,10 @@ from tests.faults.redis_servers import (
     tls_unsupported,
 )
 from tests.launch import spawn, start_worker, stop_worker, wait_for_worker
+from tests.secrets import BROKER_PASSWORD, SENTINEL_PASSWORD
 from worker.messages import ENVELOPE_NOT_JSON, iter_dead_letters
 
-PASSWORD = f"pw-{uuid.uuid4().hex}"  # must never show in a log
-SENTINEL_PASSWORD = f"spw-{uuid.uuid4().hex}"
+PASSWORD = BROKER_PASSWORD  # must never show in a log (tests/secrets.py checks every log at the end)
 FAST = {"SLUICE_HEARTBEAT_SECONDS": "1", "SLUICE_LEASE_SECONDS": "4"}
 MASTER = "sluice-test"
 

@@ -81,32 +81,18 @@ def _canonical(value: Any) -> str:
 
 
 def all_cases() -> list[OracleCase]:
-    """Every family's oracle cases."""
-    from tests.models import (
-        fill_mask,
-        image_classification,
-        question_answering,
-        seq2seq,
-        text_classification,
-        text_generation,
-        token_classification,
-        zero_shot_classification,
-        zero_shot_image_classification,
-    )
+    """Every family's oracle cases: the ``CASES`` of each module of this package, by module name.
+
+    Discovered, so that adding a family's cases is adding a module; sorted, so that every
+    pytest-xdist process collects the same ids in the same order.
+    """
+    import importlib
+    import pkgutil
 
     cases: list[OracleCase] = []
-    for module in (
-        text_classification,
-        image_classification,
-        zero_shot_image_classification,
-        token_classification,
-        fill_mask,
-        text_generation,
-        seq2seq,
-        question_answering,
-        zero_shot_classification,
-    ):
-        cases.extend(module.CASES)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        cases.extend(getattr(module, "CASES", []))
     return cases
 
 

@@ -20,9 +20,10 @@ from sluice import cli
 from sluice.cli import EXIT_INVALID, EXIT_UNREACHABLE, build_parser, main
 from sluice.errors import DatabaseUnavailableError
 from sluice.settings import Settings
+from tests.secrets import UNIT_PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "s3cr3t-pw"
+PASSWORD = UNIT_PASSWORD
 DOWN_DATABASE = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:1/none"
 DOWN_BROKER = f"redis://:{PASSWORD}@127.0.0.1:1/0"
 

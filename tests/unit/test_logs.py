@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +119,21 @@ def test_configure_logging_replaces_its_own_handler_and_keeps_text_by_default(
 def test_short_literals_are_not_masked_everywhere() -> None:
     redact = Redactor(["ab", "long-secret"])
     assert redact("a tab and a long-secret") == "a tab and a ***"
+
+
+def test_the_session_end_scan_finds_a_named_secret_and_a_url_password_in_any_log() -> None:
+    """tests/conftest.py runs this scan over every process log of a test run when it ends."""
+    with tempfile.TemporaryDirectory() as tmp:  # not under the run's base temp, which the real scan reads
+        _check_scan(Path(tmp))
+
+
+def _check_scan(tmp_path: Path) -> None:
+    from tests.secrets import REDIS_PASSWORD, WEBHOOK_SECRET, scan
+
+    (tmp_path / "popen-gw1" / "var0").mkdir(parents=True)
+    (tmp_path / "popen-gw1" / "var0" / "worker.log").write_text(f"signing with {WEBHOOK_SECRET}\n")
+    (tmp_path / "api.log").write_text(f"connecting to redis://default:{REDIS_PASSWORD}@host:6379/0\n")
+    (tmp_path / "clean.log").write_text("connecting to redis://default:***@host:6379/0 with sk-sluice-***\n")
+    found = scan(tmp_path)
+    assert set(found) == {"api.log", "popen-gw1/var0/worker.log"}
+    assert found["popen-gw1/var0/worker.log"] == ["secret #6"]
