@@ -78,7 +78,7 @@ def strategies() -> dict[str, Callable[[], AbstractContextManager[object]]]:
     """How PostgreSQL writes: as shipped, or one executemany per outcome (what SQLite does)."""
 
     def executemany(conn: Connection, rows: list[dict[str, Any]], worker: str | None, now: Any) -> object:
-        return store_module._write_executemany(conn, rows)
+        return store_module._write_executemany(conn, rows, set())
 
     return {"write_results": nullcontext, "executemany": lambda: mock.patch.object(
         store_module, "_write_postgresql", executemany)}  # fmt: skip

@@ -13,12 +13,21 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from producer.inputs import InvalidRecord, Keyed
-from producer.validate import MAX_REPORTED, check_item, check_params, normalise, rejection, stored_input
+from producer.validate import (
+    MAX_REPORTED,
+    check_callback_url,
+    check_item,
+    check_params,
+    normalise,
+    rejection,
+    stored_input,
+)
 from sluice.dispatch import Dispatcher
 from sluice.errors import BrokerError, JobNotFoundError, ValidationError
 from sluice.families import family_for
 from sluice.families.base import TaskFamily
-from sluice.ledger import JobInfo, Ledger, NewItem, NewJob
+from sluice.ledger import JobInfo, Ledger, NewItem, NewJob, StoredArtifact
+from sluice.records import is_table, key_text, keyed_record, table_records
 from sluice.registry import ModelSpec, Registry, load_registry
 from sluice.routing import WorkerRow, waiting_reason
 from sluice.settings import Settings, get_settings
@@ -59,19 +68,32 @@ class Client:
         *,
         owner: str | None = None,
         job_id: str | None = None,
+        callback_url: str | None = None,
+        text_column: str | None = None,
+        key_column: str | None = None,
     ) -> str:
         """Validate, store and enqueue a job; return its id.
+
+        ``items`` is an iterable of texts and field dicts, or an Arrow table or pandas DataFrame
+        (read in batches; its columns are the fields). A dict's or row's ``key`` field (or
+        ``key_column``) is kept as the item's key, not given to the model; ``text_column`` names
+        the field read as ``text`` (:func:`sluice.records.keyed_record`).
 
         Invalid items reject the whole job with a message listing them, unless ``skip_invalid``,
         which stores them as failed items (with their error) so every input position is kept.
         An item wrapped in :class:`~producer.inputs.Keyed` keeps its key with its result; ``owner``
         is the API key owner submitting it; ``job_id`` fixes the new job's id (default: a new UUID).
+        ``callback_url``: POST the job's signed summary there when it ends (README "Webhooks"; the
+        host must be on ``SLUICE_WEBHOOK_ALLOWED_HOSTS`` and ``SLUICE_WEBHOOK_SECRET`` set).
         """
         params = check_params(params)
+        callback_url = check_callback_url(callback_url, self.settings)
         if type(priority) is not int or not 0 <= priority <= 9:  # callers in Python may pass anything
             raise ValidationError(f"priority must be a whole number from 0 to 9 (9 is most urgent), got {priority!r}")
         if not isinstance(model, str):
             raise ValidationError(f"model must be a registered model's name, got {type(model).__name__}")
+        if is_table(items):  # before the Iterable check: a DataFrame iterates over its column names
+            items = table_records(items, f"the {type(items).__name__}", text_column=text_column, key_column=key_column)
         if isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
             raise ValidationError(
                 f"items must be a list (or other iterable) of strings or objects, got {type(items).__name__}"
@@ -79,8 +101,9 @@ class Client:
         spec = self.registry.get(model)
         family = family_for(spec.task)
         family.validate_params(params, spec)
-        job = NewJob(job_id or str(uuid.uuid4()), spec.task, model, params, priority, self.settings.chunk_size, owner)
-        checked = self._checked(family, spec, params, items, skip_invalid)
+        job = NewJob(job_id or str(uuid.uuid4()), spec.task, model, params, priority, self.settings.chunk_size, owner,
+                     callback_url=callback_url)  # fmt: skip
+        checked = self._checked(family, spec, params, items, skip_invalid, (text_column, key_column))
         self.ledger.create_job(job, checked, lambda chunks: self._send(job.id, chunks, priority, model))
         return job.id
 
@@ -100,15 +123,21 @@ class Client:
     def _checked(
         self, family: type[TaskFamily], spec: ModelSpec, params: dict[str, Any],
         items: Iterable[str | dict[str, Any] | InvalidRecord | Keyed], skip_invalid: bool,
+        columns: tuple[str | None, str | None] = (None, None),
     ) -> Iterator[NewItem]:  # fmt: skip
         """Items with their validation errors; after the first error without ``skip_invalid`` it
-        keeps scanning (to report every problem) but yields nothing, then raises the rejection."""
+        keeps scanning (to report every problem) but yields nothing, then raises the rejection.
+        ``columns``: the text and key columns of dict items."""
         errors: list[str] = []
         bad = 0
+        text_column, key_column = columns
         for index, raw in enumerate(items):
-            key = raw.key if isinstance(raw, Keyed) else None
+            if isinstance(raw, dict):
+                raw = keyed_record(raw, f"item {index}", text_column=text_column, key_column=key_column)
+            key, key_problem = key_text(raw.key) if isinstance(raw, Keyed) else (None, None)
             record = normalise(raw.record if isinstance(raw, Keyed) else raw, index)
-            error = check_item(family, spec, params, record, index, self.settings)
+            error = f"item {index}: key {key_problem}" if key_problem else None
+            error = error or check_item(family, spec, params, record, index, self.settings)
             if error:
                 bad += 1
                 if len(errors) < MAX_REPORTED:
@@ -189,3 +218,9 @@ class Client:
         after item ``after``, at most ``limit`` when given."""
         self.status(job_id, explain=False)
         return self.ledger.results(job_id, include_input, status=status, after=after, limit=limit)
+
+    def artifacts(self, job_id: str, item: int | None = None) -> Iterator[StoredArtifact]:
+        """A job's binary results (depth maps, masks, audio) with their bytes, in item order:
+        ``(item, n, name, media_type, data)`` tuples, only ``item``'s when given; streamed."""
+        self.status(job_id, explain=False)
+        return self.ledger.artifacts(job_id, item)

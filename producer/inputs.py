@@ -1,9 +1,13 @@
-"""Read job input files: ``.jsonl`` (one object per line), ``.csv`` (header row), ``.txt`` (one
-document per line).
+"""Read job input: ``.jsonl`` (one object per line), ``.csv`` (header row), ``.txt`` (one document
+per line), ``.parquet`` (read in record batches, never whole), or a directory (one item per file).
 
 Readers yield one record per input position. A line that cannot be read (bad UTF-8, bad JSON)
 yields an :class:`InvalidRecord` that says where and why, so validation can report it with the
 others, or store it as a failed item, instead of silently dropping or shifting positions.
+
+A ``key`` field (or the ``key_column``) becomes the item's key and ``text_column`` its ``text``
+(:func:`sluice.records.keyed_record`, the rule every source follows); a row with a key comes as a
+:class:`Keyed`. A directory's files are keyed by their path inside it.
 """
 
 from __future__ import annotations
@@ -11,32 +15,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sluice.errors import ValidationError
+from sluice.records import BATCH_ROWS, InvalidRecord, Keyed, Record, batch_records, check_columns, keyed_record
 
-
-@dataclass(frozen=True)
-class InvalidRecord:
-    """An input position that could not be parsed."""
-
-    error: str
-
-
-Record = dict[str, Any] | InvalidRecord
-
-
-@dataclass(frozen=True)
-class Keyed:
-    """An item with the caller's key for it (stored as ``items.key`` and returned with its result),
-    e.g. an OpenAI batch line's ``custom_id``."""
-
-    key: str | None
-    record: str | dict[str, Any] | InvalidRecord
-
+__all__ = ["READERS", "InvalidRecord", "Keyed", "Record", "read_input"]
 
 #: Longest CSV cell read (characters); longer documents are refused at validation anyway.
 CSV_FIELD_LIMIT = 2**31 - 1
@@ -69,33 +56,36 @@ def read_txt(path: Path) -> Iterator[Record]:
         yield text if isinstance(text, InvalidRecord) else {"text": text}
 
 
-def read_jsonl(path: Path) -> Iterator[Record]:
+def read_jsonl(path: Path, *, text_column: str | None = None, key_column: str | None = None) -> Iterator[Record]:
     for number, raw in _lines(path):
         if not raw.strip():
             continue
         where = f"{path.name} line {number}"
-        text = _decode(raw, where)
-        if isinstance(text, InvalidRecord):
-            yield text
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield InvalidRecord(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        except ValueError as exc:  # an integer of more than 4300 digits
-            yield InvalidRecord(f"{where}: cannot be read ({exc})")
-            continue
-        except RecursionError:
-            yield InvalidRecord(f"{where}: nested too deeply to read")
-            continue
-        if not isinstance(obj, dict):
-            yield InvalidRecord(f'{where}: expected a JSON object like {{"text": ...}}, got {type(obj).__name__}')
-            continue
-        yield obj
+        obj = _json_object(raw, where)
+        if isinstance(obj, InvalidRecord):
+            yield obj
+        else:
+            yield keyed_record(obj, where, text_column=text_column, key_column=key_column)
 
 
-def read_csv(path: Path) -> Iterator[Record]:
+def _json_object(raw: bytes, where: str) -> dict[str, Any] | InvalidRecord:
+    text = _decode(raw, where)
+    if isinstance(text, InvalidRecord):
+        return text
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return InvalidRecord(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
+    except ValueError as exc:  # an integer of more than 4300 digits
+        return InvalidRecord(f"{where}: cannot be read ({exc})")
+    except RecursionError:
+        return InvalidRecord(f"{where}: nested too deeply to read")
+    if not isinstance(obj, dict):
+        return InvalidRecord(f'{where}: expected a JSON object like {{"text": ...}}, got {type(obj).__name__}')
+    return obj
+
+
+def read_csv(path: Path, *, text_column: str | None = None, key_column: str | None = None) -> Iterator[Record]:
     raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
     text = _decode(raw, path.name)
     if isinstance(text, InvalidRecord):
@@ -107,23 +97,105 @@ def read_csv(path: Path) -> Iterator[Record]:
     try:
         if not reader.fieldnames:
             return
+        check_columns(reader.fieldnames, path.name, text_column=text_column, key_column=key_column)
         for row in reader:
-            yield {k: v for k, v in row.items() if k is not None and v is not None}
+            fields = {k: v for k, v in row.items() if k is not None and v is not None}
+            where = f"{path.name} line {reader.line_num}"
+            yield keyed_record(fields, where, text_column=text_column, key_column=key_column)
     except csv.Error as exc:
         raise ValidationError(f"{path.name} line {reader.line_num}: not valid CSV ({exc})") from None
 
 
-READERS = {".jsonl": read_jsonl, ".ndjson": read_jsonl, ".csv": read_csv, ".txt": read_txt}
+def read_parquet(path: Path, *, text_column: str | None = None, key_column: str | None = None) -> Iterator[Record]:
+    """A Parquet file's rows, read in record batches (never the whole file in memory); columns
+    become fields as in CSV. The columns are checked before any row is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        source = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering reads far ahead: ~the whole file
+    except (pa.ArrowException, OSError) as exc:
+        raise ValidationError(f"{path.name} is not a readable Parquet file ({exc})") from None
+    check_columns(source.schema_arrow.names, path.name, text_column=text_column, key_column=key_column)
+    batches = source.iter_batches(batch_size=BATCH_ROWS)
+    return batch_records(batches, path.name, text_column=text_column, key_column=key_column)
 
 
-def read_input(path: Path) -> Iterator[Record]:
-    """Records of an input file, chosen by extension."""
+#: File extensions read as images in a directory input (``image`` field); other files are text.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+#: Largest file read as one text item from a directory; larger ones fail alone, unread (a document
+#: that long is over ``SLUICE_MAX_ITEM_CHARS``'s default anyway).
+MAX_FILE_BYTES = 64 * 2**20
+
+
+def read_directory(path: Path) -> Iterator[Record]:
+    """One item per file under ``path`` (subdirectories too), in sorted path order, hidden files
+    and directories skipped: images (by extension) as ``{"image": absolute path}``, other files
+    as ``{"text": contents}``; each keyed by its path inside ``path`` (``/``-separated)."""
+    for file in _files(path):
+        rel = file.relative_to(path).as_posix()
+        if file.suffix.lower() in IMAGE_EXTENSIONS:
+            yield Keyed(rel, {"image": str(file.resolve())})
+        else:
+            yield Keyed(rel, _text_file(file, rel))
+
+
+def _files(directory: Path) -> Iterator[Path]:
+    """Regular files under ``directory`` in sorted order, depth first; hidden names skipped,
+    symbolic links to directories not followed (no loops)."""
+    with os.scandir(directory) as scan:
+        entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _files(Path(entry.path))
+        elif entry.is_file():
+            yield Path(entry.path)
+
+
+def _text_file(file: Path, rel: str) -> dict[str, Any] | InvalidRecord:
+    size = file.stat().st_size
+    if size > MAX_FILE_BYTES:
+        return InvalidRecord(f"{rel}: {size:,} bytes, over {MAX_FILE_BYTES:,} for one text item; split it")
+    text = _decode(file.read_bytes().removeprefix(b"\xef\xbb\xbf"), rel)
+    if isinstance(text, InvalidRecord):
+        images = ", ".join(sorted(IMAGE_EXTENSIONS))
+        return InvalidRecord(f"{text.error}, or if it is an image give it an image extension ({images})")
+    return {"text": text}
+
+
+READERS = {
+    ".jsonl": read_jsonl, ".ndjson": read_jsonl, ".csv": read_csv, ".txt": read_txt, ".parquet": read_parquet,
+    ".pq": read_parquet,
+}  # fmt: skip
+#: Readers whose rows have named columns, to which ``text_column`` and ``key_column`` apply.
+COLUMNAR = (read_jsonl, read_csv, read_parquet)
+
+
+def read_input(path: Path, *, text_column: str | None = None, key_column: str | None = None) -> Iterator[Record]:
+    """Records of an input file (chosen by extension) or directory.
+
+    ``text_column`` names the field read as ``text``, ``key_column`` the field kept as the item's
+    key (default: a ``key`` field, where there is one); both for JSONL, CSV and Parquet only.
+    """
     path = Path(path)
     if not path.exists():
         raise ValidationError(f"input file {path} does not exist")
+    columns = {"--text-column": text_column, "--key-column": key_column}
+    given = [flag for flag, value in columns.items() if value is not None]
+    flags = f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply"
+    if path.is_dir():
+        if given:
+            raise ValidationError(f"{flags} to a directory (each file is one item, keyed by its path)")
+        return read_directory(path)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise ValidationError(
-            f"input file {path}: unsupported extension {path.suffix!r}; use one of {', '.join(READERS)}"
+            f"input file {path}: unsupported extension {path.suffix!r}; use one of {', '.join(READERS)}, or a directory"
         )
-    return reader(path)
+    if reader not in COLUMNAR:
+        if given:
+            raise ValidationError(
+                f"{flags} to {path.suffix} input (one document per line, no columns); use .jsonl, .csv or .parquet"
+            )
+        return reader(path)
+    return reader(path, text_column=text_column, key_column=key_column)

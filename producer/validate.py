@@ -12,6 +12,7 @@ from sluice.errors import ValidationError
 from sluice.families.base import TaskFamily
 from sluice.registry import ModelSpec
 from sluice.settings import Settings
+from sluice.webhooks import callback_problem
 
 MAX_REPORTED = 10
 #: Deepest nesting of lists and objects accepted in an item field or a job param (a value that
@@ -99,6 +100,17 @@ def check_params(params: Any) -> dict[str, Any]:
     if problem:
         raise ValidationError(problem)
     return dict(params)
+
+
+def check_callback_url(url: Any, settings: Settings) -> str | None:
+    """The job's ``callback_url`` (None: no callback); a :class:`ValidationError` saying what to fix
+    when it is not an allowed http(s) URL or no secret is configured to sign its callbacks."""
+    if url is None:
+        return None
+    problem = callback_problem(url, settings)
+    if problem:
+        raise ValidationError(problem)
+    return str(url)
 
 
 def check_item(

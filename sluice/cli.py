@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sluice.cli_errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_UNREACHABLE, describe_error
-from sluice.errors import ConfigError
+from sluice.errors import ConfigError, ValidationError
 from sluice.logs import configure_logging
 from sluice.settings import Settings, get_settings
 
@@ -105,7 +104,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from producer.client import Client
-    from producer.inputs import read_input
 
     client = Client(settings)
     # The client logs an unsent job as a warning; this command says so itself, once.
@@ -114,8 +112,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     unsent_warning.addFilter(only_once)
     try:
         job_id = client.submit(
-            args.model, read_input(Path(args.input)), params=dict(args.param or []),
-            priority=args.priority, skip_invalid=args.skip_invalid,
+            args.model, _submit_items(args), params=dict(args.param or []),
+            priority=args.priority, skip_invalid=args.skip_invalid, callback_url=args.callback_url,
         )  # fmt: skip
     finally:
         unsent_warning.removeFilter(only_once)
@@ -133,6 +131,24 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         _print_status(client, info, sys.stderr)
         return 0 if info.status.value == "completed" else 1
     return 0
+
+
+def _submit_items(args: argparse.Namespace) -> Any:
+    """The items of ``sluice submit``: its input file or directory, or ``--sql`` on ``--source-url``."""
+    from producer.inputs import read_input
+
+    columns = {"text_column": args.text_column, "key_column": args.key_column}
+    if args.sql is None:
+        if args.input is None or args.source_url is not None:
+            what = "--source-url needs --sql" if args.input else "give an input file or directory, or --sql"
+            raise ValidationError(f"{what} (see `sluice submit --help`)")
+        return read_input(Path(args.input), **columns)
+    if args.input is not None or args.source_url is None:
+        what = f"--sql reads no input file (got {args.input!r})" if args.input else "--sql needs --source-url URL"
+        raise ValidationError(what)
+    from sluice.sources import read_sql
+
+    return read_sql(args.source_url, args.sql, **columns)
 
 
 class _DropUnsent(logging.Filter):
@@ -168,27 +184,34 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     from producer.client import Client
-    from sluice.ledger import RESULT_COLUMNS, csv_cells
+    from sluice.exports import format_for, write_results, write_stream
 
-    rows = Client(settings).results(args.job)
-    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
-    try:
-        if args.format == "csv":
-            writer = csv.writer(out)
-            writer.writerow(RESULT_COLUMNS)
-            writer.writerows(csv_cells(r) for r in rows)
-        else:
-            for r in rows:
-                out.write(json.dumps(r, ensure_ascii=False) + "\n")
-    finally:
-        if args.output:
-            out.close()
+    fmt = args.format or (format_for(Path(args.output)) if args.output else "jsonl")
+    if fmt == "parquet" and not args.output:
+        raise ValidationError("--format parquet needs a file: add -o results.parquet")
+    client = Client(settings)
+    rows = client.results(args.job)
+    if args.artifacts:  # binary results to files, their names (relative to the directory) into the rows
+        from producer.artifact_files import with_artifact_files
+
+        rows = with_artifact_files(rows, client.artifacts(args.job), Path(args.artifacts))
+    if args.output:
+        write_results(rows, Path(args.output), fmt)
+    else:
+        write_stream(rows, sys.stdout, fmt)
     return 0
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from sluice.registry import load_registry
 
+    if getattr(args, "action", None) == "hash":  # `sluice models hash DIR`: pin a model's own code
+        from sluice.remote_code import registry_snippet
+
+        if not args.dir or not Path(args.dir).is_dir():
+            raise ConfigError(f"`sluice models hash DIR` needs a model directory, got {args.dir!r}")
+        print(registry_snippet(Path(args.dir)), end="")
+        return 0
     registry = load_registry(settings.models_file)
     print(f"# {registry.source}")
     for spec in registry:
@@ -316,13 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, metavar="N", help="CPU worker processes with --gpus none (default 1)")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("submit", help="submit a bulk job from a .jsonl, .csv or .txt file")
-    p.add_argument("input")
+    p = sub.add_parser("submit", help="submit a bulk job from a file (.jsonl .csv .txt .parquet), a directory or SQL")
+    p.add_argument("input", nargs="?", help="input file, or a directory (one item per file, keyed by its path)")
+    p.add_argument("--sql", metavar="QUERY", help="read the items from this query (with --source-url; no input file)")
+    p.add_argument("--source-url", metavar="URL", help="the SQLAlchemy URL of the database --sql reads")
+    p.add_argument("--text-column", metavar="NAME", help="column read as the item's text (CSV, JSONL, Parquet, SQL)")
+    p.add_argument("--key-column", metavar="NAME", help="the column kept as the item's key (default: a 'key' column)")
     p.add_argument("--model", required=True)
     p.add_argument("--param", action="append", type=_param, metavar="KEY=JSON")
     p.add_argument("--priority", type=int, default=0, choices=range(10), metavar="0-9")
     p.add_argument("--skip-invalid", action="store_true", help="store invalid items as failed instead of rejecting")
     p.add_argument("--wait", action="store_true", help="show a progress bar until the job ends")
+    p.add_argument(
+        "--callback-url",
+        metavar="URL",
+        help="POST the job's signed summary here when it ends (host on SLUICE_WEBHOOK_ALLOWED_HOSTS)",
+    )
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="counts, throughput and timing of a job")
@@ -331,14 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="one row per item, in input order")
     p.add_argument("job")
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    p.add_argument("-o", "--output")
+    p.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="default: by -o's extension, else jsonl")
+    p.add_argument("-o", "--output", help="write this file (whole or not at all); parquet needs one")
+    p.add_argument("--artifacts", metavar="DIR", help="write binary results to DIR/<item>[-<n>].<ext>")
     p.set_defaults(func=cmd_results)
 
     for name, func, help_ in [("models", cmd_models, "registered models"), ("jobs", cmd_jobs, "recent jobs")]:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--limit", type=int, default=20)
         p.set_defaults(func=func)
+    models_parser = sub.choices["models"]  # `sluice models hash DIR`: the code_sha256 of a model directory
+    models_parser.add_argument("action", nargs="?", choices=["hash"], help="hash: print DIR's code pins as TOML")
+    models_parser.add_argument("dir", nargs="?", metavar="DIR", help="a model directory (with hash)")
 
     p = sub.add_parser("workers", help="live workers: device, queues, resident models, memory, heartbeat")
     p.add_argument("--all", action="store_true", help="also workers that stopped or whose heartbeat is stale")
@@ -371,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sluice.monitor_commands import add_commands as add_monitoring  # `sluice metrics` and `sluice top`
 
     add_monitoring(sub)
+    from sluice.schedules.commands import add_commands as add_schedules  # `sluice scheduler` and `sluice schedules`
+
+    add_schedules(sub)
 
     p = sub.add_parser("demo", help="run a bulk job end to end on the embedded defaults")
     p.add_argument("--docs", type=int, default=2000)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -36,6 +37,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sluice.clock import utcnow
 from sluice.errors import DatabaseUnavailableError
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
+
+#: Longest ``callback_url`` accepted (and stored).
+CALLBACK_URL_CHARS = 2048
 
 
 class Base(DeclarativeBase):
@@ -60,6 +64,9 @@ class Job(Base):
     #: who submitted it through the HTTP API (an API key's owner); None from the CLI, the Python
     #: client or an API running with --no-auth. Another owner's key never sees the job.
     owner: Mapped[str | None] = mapped_column(String(64))
+    #: where to POST the job's summary when it ends (a host on SLUICE_WEBHOOK_ALLOWED_HOSTS);
+    #: the ending transaction writes its ``webhook_deliveries`` row
+    callback_url: Mapped[str | None] = mapped_column(String(CALLBACK_URL_CHARS))
 
     __table_args__ = (Index("ix_jobs_owner_status", "owner", "status"),)
 
@@ -124,6 +131,33 @@ class Item(Base):
     __table_args__ = (
         Index("ix_items_job_status", "job_id", "status"),
         Index("ix_items_label", "job_id", "label"),
+    )
+
+
+#: Width of ``artifacts.name`` (a mask's label); longer names are cut by the ledger.
+ARTIFACT_NAME_CHARS = 255
+
+
+class Artifact(Base):
+    """A binary result of an item (a depth map, a mask, a waveform), written in the transaction
+    that writes the item's row, and only when that write happened (a redelivered chunk adds none).
+
+    Kept out of ``items`` so that result pages and every hot query over items never read the
+    bytes; a results page asks only for their media type and size, in one query per page.
+    """
+
+    __tablename__ = "artifacts"
+
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    item: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: the artifact's position among its item's artifacts (0, 1, ...)
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str | None] = mapped_column(String(ARTIFACT_NAME_CHARS))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id", "item"], ["items.job_id", "items.item"], ondelete="CASCADE"),
     )
 
 
@@ -242,16 +276,39 @@ class Batch(Base):
     __table_args__ = (Index("ix_batches_owner_created", "owner", "created_at"),)
 
 
+class WebhookDelivery(Base):
+    """The outbox of a job's callback: written in the transaction that ends the job, so a crash
+    never loses one; deliverers claim a due row (``next_attempt_at`` moved past the POST's time,
+    ``attempts`` counted) before they POST, and record each outcome on it."""
+
+    __tablename__ = "webhook_deliveries"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    url: Mapped[str] = mapped_column(String(CALLBACK_URL_CHARS))
+    #: ``pending`` (due at ``next_attempt_at``), ``delivered`` or ``failed`` (attempts used up)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+
 # The tables as Core ``Table`` objects (``Model.__table__`` is typed as a bare FromClause), for
 # the ledger's statements.
 jobs_table = cast(Table, Job.__table__)
 chunks_table = cast(Table, Chunk.__table__)
 items_table = cast(Table, Item.__table__)
+artifacts_table = cast(Table, Artifact.__table__)
 workers_table = cast(Table, Worker.__table__)
 api_keys_table = cast(Table, ApiKey.__table__)
 files_table = cast(Table, File.__table__)
 file_parts_table = cast(Table, FilePart.__table__)
 batches_table = cast(Table, Batch.__table__)
+webhook_deliveries_table = cast(Table, WebhookDelivery.__table__)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -322,3 +379,77 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# Schedules (sluice/schedules/, sluice/ledger/schedules.py) --------------------------------------
+class ScheduleTick(Base):
+    """One fire time of a schedule and what became of it; the primary key makes a tick happen at
+    most once, whichever scheduler (or ``sluice schedules run``) claims it first.
+
+    ``outcome``: ``claimed`` (being submitted; a crash here is resumed with the same job id),
+    ``buffered`` (waits for the running one, overlap ``buffer_one``), then ``started`` (``job_id``),
+    ``skipped`` / ``missed`` / ``failed`` with ``reason``. The sink step, once the job ended:
+    ``sink_status`` ``pending`` (due at ``sink_next_at``), ``running``, ``done``, ``failed``,
+    ``skipped`` (the job did not complete) or ``none`` (no sink).
+    """
+
+    __tablename__ = "schedule_ticks"
+
+    schedule: Mapped[str] = mapped_column(String(128), primary_key=True)
+    scheduled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    #: ``cron`` (a fire time) or ``manual`` (``sluice schedules run``)
+    trigger: Mapped[str] = mapped_column(String(8))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    #: the ``:since`` bound the run's SQL source was read with
+    since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: the job's terminal status, copied when the scheduler sees it end
+    job_status: Mapped[str | None] = mapped_column(String(16))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sink_status: Mapped[str | None] = mapped_column(String(16))
+    sink_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sink_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sink_target: Mapped[str | None] = mapped_column(Text)
+    sink_rows: Mapped[int | None] = mapped_column(Integer)
+    sink_error: Mapped[str | None] = mapped_column(Text)
+    sink_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_schedule_ticks_outcome", "outcome", "ended_at"),
+        Index("ix_schedule_ticks_sink", "sink_status"),
+    )
+
+
+class ScheduleState(Base):
+    """What the schedules file does not hold: whether a schedule is paused, and since when the
+    scheduler knows it (its first fire time is after that: a new schedule never catches up)."""
+
+    __tablename__ = "schedules"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: fire times up to this one (the pause) are neither run nor recorded
+    resumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SchedulerLease(Base):
+    """The lock that makes one ``sluice scheduler`` of many the active one: held by ``holder``
+    until ``expires_at``, renewed every second or so, taken over by another once expired."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+schedule_ticks_table = cast(Table, ScheduleTick.__table__)
+schedules_table = cast(Table, ScheduleState.__table__)
+scheduler_leases_table = cast(Table, SchedulerLease.__table__)

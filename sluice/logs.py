@@ -73,7 +73,8 @@ def context_fields() -> dict[str, str]:
 
 
 def settings_secrets(settings: Settings | None) -> list[str]:
-    """The literal secrets of ``settings``: URL passwords, the Sentinel password, Flower's credentials."""
+    """The literal secrets of ``settings``: URL passwords, the Sentinel password, Flower's credentials,
+    the webhook signing key."""
     if settings is None:
         return []
     found: list[str] = []
@@ -87,6 +88,8 @@ def settings_secrets(settings: Settings | None) -> list[str]:
             value = secret.get_secret_value()
             found.append(value)
             found += [pair.partition(":")[2] for pair in value.split(",")]
+    if settings.webhook_secret is not None:  # the key that signs job callbacks
+        found.append(settings.webhook_secret.get_secret_value())
     return sorted({s for s in found if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
 
 

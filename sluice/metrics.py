@@ -1,5 +1,5 @@
 """Prometheus plumbing every Sluice process shares: registries, the /metrics server, and the
-scheduler's metric (for a scheduler to attach to; none runs yet).
+scheduler's metric (``sluice scheduler`` serves it on ``SLUICE_METRICS_PORT``).
 
 Each process keeps its metrics in a registry of its own (:func:`new_registry`: process and
 Python collectors included) rather than prometheus-client's global one, so several apps or hooks
@@ -29,9 +29,9 @@ log = logging.getLogger("sluice.metrics")
 # dashboard here uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-#: Outcomes of one scheduler tick: a job submitted, a run skipped (overlap policy, nothing due
-#: yet), or a failed attempt (database or broker down, invalid template).
-SCHEDULE_OUTCOMES = ("submitted", "skipped", "failed")
+#: Outcomes of one scheduler tick: its job started, skipped (overlap policy, an empty source),
+#: missed (past the catch-up window) or failed (the source or the submit raised).
+SCHEDULE_OUTCOMES = ("started", "skipped", "missed", "failed")
 #: Seconds buckets from a millisecond to ten minutes (forward passes, waits, database writes).
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -62,15 +62,15 @@ def advertised(host: str, port: int) -> str:
 class SchedulerMetrics:
     """The scheduler's metric: ``sluice_schedule_ticks_total{outcome}``; :meth:`tick` counts one.
 
-    A scheduler process builds one (``SchedulerMetrics()``), calls ``tick("submitted")`` and so on
-    for each due schedule it handles, and serves :attr:`registry` with :func:`serve`. Every
+    A scheduler process builds one (``SchedulerMetrics()``), calls ``tick("started")`` and so on
+    for each tick it records, and serves :attr:`registry` with :func:`serve`. Every
     outcome starts at 0, so a rate is defined before the first tick.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else new_registry()
         self.ticks = Counter(
-            "sluice_schedule_ticks", "Scheduler ticks by outcome: submitted, skipped, failed.", ["outcome"],
+            "sluice_schedule_ticks", "Scheduler ticks by outcome: started, skipped, missed, failed.", ["outcome"],
             registry=self.registry,
         )  # fmt: skip
         for outcome in SCHEDULE_OUTCOMES:

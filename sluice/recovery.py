@@ -11,7 +11,8 @@ message that arrives for a finished chunk is acked without work.
 A chunk leased by a worker that is gone (its heartbeat went stale, or it stopped) goes back to
 the queue at once instead of waiting for the lease to expire; so do the chunks a restarted
 worker's previous incarnation held, when the new process starts under the same node name.
-``sluice reconcile --every N`` (the Compose ``beat`` service) repeats all this periodically.
+``sluice reconcile --every N`` (the Compose ``beat`` service) repeats all this periodically, and
+delivers due job callbacks (:mod:`sluice.webhooks`) on a thread of its own.
 
 This lives in the core because both workers (``reclaim_own`` at start) and the shell run it.
 """
@@ -26,6 +27,7 @@ from collections import defaultdict
 from sluice.dispatch import Dispatcher
 from sluice.routing import STALE_AFTER_BEATS, consumed, route
 from sluice.status import ChunkStatus
+from sluice.webhooks import start_deliverer
 
 log = logging.getLogger("sluice.reconcile")
 
@@ -116,6 +118,10 @@ def reconcile_every(dispatcher: Dispatcher, seconds: float, debug: bool = False)
     """
     grace = STALE_AFTER_BEATS * dispatcher.settings.heartbeat_seconds
     judge_from = time.monotonic()
+    # Job callbacks whose worker died, retries, and callbacks of cancelled jobs go out from here
+    # too (SLUICE_WEBHOOK_SECRET set), on a thread of their own: a slow receiver never delays a pass.
+    if dispatcher.settings.webhook_secret is not None:
+        start_deliverer(dispatcher.ledger, dispatcher.settings)
     while True:
         try:
             if n := reconcile(dispatcher, judge_workers=time.monotonic() >= judge_from):

@@ -22,11 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sluice.errors import ConfigError, UnknownModelError
+from sluice.remote_code import check_entry
 
 BUNDLED_REGISTRY = Path(__file__).with_name("models.toml")
 
 Dtype = Literal["float32", "float16", "bfloat16"]
-_KNOWN_KEYS = {"task", "path", "max_length", "dtype", "pooling", "normalize", "labels", "trust_remote_code"}
+#: task-specific options that hold a path, resolved like ``path`` (relative to the TOML file, ``pkg://``)
+PATH_OPTIONS = frozenset({"custom_generate", "vocoder", "speaker_embedding"})
+_KNOWN_KEYS = {"task", "path", "max_length", "dtype", "pooling", "normalize", "labels", "trust_remote_code",
+               "code_sha256", "code_files", "register_module"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,12 @@ class ModelSpec:
     normalize: bool = False
     labels: tuple[str, ...] | None = None
     trust_remote_code: bool = False
+    #: the hash of the model directory's ``*.py`` files, required with ``trust_remote_code`` (:mod:`sluice.remote_code`)
+    code_sha256: str | None = None
+    #: optional per-file hashes, ``(path, sha256)`` sorted by path: a mismatch then names the file
+    code_files: tuple[tuple[str, str], ...] | None = None
+    #: a module the worker imports before loading (``AutoConfig.register`` / ``AutoModel.register``)
+    register_module: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,7 +74,14 @@ def _parse_entry(name: str, table: dict[str, Any], base: Path) -> ModelSpec:
             raise ConfigError(f"registry model {name!r} has no {key!r}; add `{key} = ...` to [models.{name}]")
     known = {k: v for k, v in table.items() if k in _KNOWN_KEYS}
     options = {k: v for k, v in table.items() if k not in _KNOWN_KEYS}
+    # Options that name files beside the weights (a vocoder, custom generation code) resolve like `path`.
+    options.update({k: _resolve_path(v, base) for k, v in options.items() if k in PATH_OPTIONS and isinstance(v, str)})
     labels = known.pop("labels", None)
+    # trust_remote_code only with its code pinned: see sluice.remote_code
+    known["code_sha256"], known["code_files"] = check_entry(
+        name, known.get("trust_remote_code", False), known.get("code_sha256"), known.get("code_files"),
+        known.get("register_module"),
+    )  # fmt: skip
     try:
         return ModelSpec(
             name=name,

@@ -123,6 +123,38 @@ class Settings(BaseSettings):
         None, ge=1, le=65535, description="A worker's Prometheus /metrics port (`--gpus`: base + index); unset: none."
     )
     metrics_host: str = Field("127.0.0.1", description="Address a worker's /metrics listens on (0.0.0.0: all).")
+    schedules_file: Path | None = Field(None, description="Schedules TOML `sluice scheduler` runs; none when unset.")
+    scheduler_lease_seconds: float = Field(
+        5, ge=1, description="The active scheduler's lease; a standby takes over this long after it stops renewing."
+    )
+    scheduler_renew_seconds: float = Field(
+        1, gt=0, description="How often a scheduler renews (or, on standby, tries to take) the lease."
+    )
+    scheduler_poll_seconds: float = Field(
+        0.5, gt=0, description="How often the active scheduler looks for due ticks, ended jobs and due sinks."
+    )
+    scheduler_sink_attempts: int = Field(5, ge=1, description="Attempts of a run's sink before it is failed for good.")
+    scheduler_sink_backoff: float = Field(
+        5, gt=0, description="Seconds before a failed sink's second attempt; doubles each time, capped at 5 minutes."
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Hosts (`host`, `host:port`, `*.domain`) a job's callback_url may name: JSON list or "
+        "comma-separated; empty: callbacks are refused.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="Key of the HMAC-SHA256 signature of every callback (X-Sluice-Signature); required for them."
+    )
+    webhook_max_attempts: int = Field(10, ge=1, le=100, description="POSTs of one callback before it is given up.")
+    webhook_timeout_s: float = Field(
+        10, gt=0, le=300, description="Seconds one callback POST may wait to connect, or for each read."
+    )
+    webhook_backoff_s: float = Field(
+        5, gt=0, description="Delay before the second attempt; doubles with each failure (jitter, capped at an hour)."
+    )
+    webhook_poll_s: float = Field(
+        10, gt=0, description="How often a deliverer (worker, `sluice reconcile --every`) looks for due callbacks."
+    )
 
     api_max_body_bytes: int = Field(
         64 * 2**20, ge=1024, description="Largest request body `sluice api` accepts (413 above), file uploads aside."
@@ -155,10 +187,10 @@ class Settings(BaseSettings):
         # SLUICE_MAX_MODEL_MEMORY=2GB reads like the --max-model-memory option.
         return parse_size(value) if isinstance(value, str) and value.strip() else value
 
-    @field_validator("hooks", mode="before")
+    @field_validator("hooks", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _dotted_paths(cls, value: object) -> object:
-        # SLUICE_HOOKS=a.b:C,d.e:F reads as well as a JSON list.
+        # SLUICE_HOOKS=a.b:C,d.e:F (or SLUICE_WEBHOOK_ALLOWED_HOSTS=a.com,b.com:8443) reads as well as a JSON list.
         if isinstance(value, str):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]

@@ -31,3 +31,11 @@ class WorkerStatus(StrEnum):
     STARTING = "starting"  # loading its preloaded models
     RUNNING = "running"
     STOPPED = "stopped"  # exited cleanly; a crashed worker keeps its last status and goes stale
+
+
+class DeliveryStatus(StrEnum):
+    """A job callback's delivery (``webhook_deliveries.status``)."""
+
+    PENDING = "pending"  # due at next_attempt_at (or being posted, under a claim)
+    DELIVERED = "delivered"  # a 2xx answer
+    FAILED = "failed"  # every attempt failed, or the URL is no longer allowed

@@ -257,4 +257,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     if settings.models_file:
         env["SLUICE_MODELS_FILE"] = str(settings.models_file)
+    if settings.webhook_secret is not None:  # job callbacks (tests/integration/test_webhooks.py)
+        env.update({
+            "SLUICE_WEBHOOK_SECRET": settings.webhook_secret.get_secret_value(),
+            "SLUICE_WEBHOOK_ALLOWED_HOSTS": ",".join(settings.webhook_allowed_hosts),
+            "SLUICE_WEBHOOK_BACKOFF_S": str(settings.webhook_backoff_s),
+            "SLUICE_WEBHOOK_POLL_S": str(settings.webhook_poll_s),
+        })  # fmt: skip
     return env

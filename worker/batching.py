@@ -9,16 +9,21 @@ backs off after an out-of-memory error and recovers after a run of good batches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 
-def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], max_tokens: int, max_size: int, groups: Sequence[Hashable] | None = None
+) -> list[list[int]]:
     """Group indices into batches bounded by padded tokens and by count.
 
     A single feature longer than ``max_tokens`` still gets a batch of its own: the budget bounds
-    padding, it never refuses work.
+    padding, it never refuses work. With ``groups`` (one per index), a batch holds one group only
+    (images of one pixel shape); each group is planned on its own and the batches come longest first.
     """
+    if groups is not None and len(set(groups)) > 1:
+        return _plan_grouped(lengths, max_tokens, max_size, groups)
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
@@ -34,6 +39,20 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list
     if current:
         batches.append(current)
     return batches
+
+
+def _plan_grouped(
+    lengths: Sequence[int], max_tokens: int, max_size: int, groups: Sequence[Hashable]
+) -> list[list[int]]:
+    members: dict[Hashable, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    batches = [
+        [chosen[j] for j in batch]
+        for chosen in members.values()
+        for batch in plan_batches([lengths[i] for i in chosen], max_tokens, max_size)
+    ]
+    return sorted(batches, key=lambda b: (-max(lengths[i] for i in b), b[0]))
 
 
 #: Growth of a backed-off budget after ``recover_after`` good batches: slow, so one more

@@ -145,7 +145,8 @@ class Engine:
     def _plan(self, features: list[Feature], indices: Iterable[int]) -> list[list[int]]:
         """Batches (indices into ``features``) of ``indices`` under the budget as it is now."""
         chosen = list(indices)
-        plan = plan_batches([features[i].length for i in chosen], self.budget.current, self.max_batch_size)
+        lengths, groups = [features[i].length for i in chosen], [features[i].group for i in chosen]
+        plan = plan_batches(lengths, self.budget.current, self.max_batch_size, groups)
         return [[chosen[j] for j in batch] for batch in plan]
 
     def _collect(

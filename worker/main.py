@@ -9,7 +9,9 @@ Everything it uses (the Celery app included) is built from the ``Settings`` pass
 from __future__ import annotations
 
 import logging
+import re
 import socket
+from pathlib import Path
 from typing import Any
 
 from sluice.celery_app import create_app
@@ -37,6 +39,16 @@ def exit_code(celery_code: object, stop_signals: list[str]) -> int:
     return celery_code if type(celery_code) is int and celery_code else 1
 
 
+def modules_cache(settings: Settings, node: str) -> Path:
+    """Where this worker's transformers copies and imports models' own code (``HF_MODULES_CACHE``):
+    ``<var_dir>/hf_modules/<node>``, not the user's home. One directory per node, because
+    transformers rewrites a file there whenever it differs from the model's, and two workers of a
+    fleet loading one model at once would otherwise import each other's half-written copies."""
+    from sluice.remote_code import use_modules_cache
+
+    return use_modules_cache(settings.var_dir / "hf_modules" / re.sub(r"[^A-Za-z0-9@._-]", "_", node))
+
+
 def run_worker(
     settings: Settings,
     device: str,
@@ -54,14 +66,17 @@ def run_worker(
     from worker.metrics import enable_metrics
     from worker.presence import Presence
     from worker.runtime import WorkerRuntime, configure_threads
+    from worker.webhooks import enable_webhooks
 
     node = hostname or f"{device.replace(':', '')}@{socket.gethostname()}"
     configure_logging(settings, loglevel, worker=node)  # SLUICE_LOG_FORMAT; secrets masked either way
+    modules_cache(settings, node)
     configure_threads(settings)
     app = create_app(settings)
     queues = queues or worker_queues(settings.queue, models)
     hooks = load_hooks(settings)
     metrics = enable_metrics(hooks, settings)  # SLUICE_METRICS_PORT: /metrics from a PrometheusHooks
+    enable_webhooks(hooks, settings)  # SLUICE_WEBHOOK_SECRET: job callbacks, posted from a thread of their own
     messages.install(app, settings.queue, hooks, node)  # malformed messages are dropped, not fatal
     dispatcher = Dispatcher(settings, Ledger.for_settings(settings), app)
     runtime = WorkerRuntime(settings, device=device, hostname=node, hooks=hooks, dispatcher=dispatcher)

@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from sluice import remote_code
 from sluice.clock import utcnow
 from sluice.families import family_for
 from sluice.families.base import TaskFamily
@@ -93,9 +94,20 @@ def weight_file_bytes(spec: ModelSpec) -> int:
 
 
 def load_family(spec: ModelSpec, device: str, settings: Settings | None = None) -> TaskFamily:
-    """The registered model's family, set up on ``device``, run under the worker's ``settings``."""
+    """The registered model's family, set up on ``device``, run under the worker's ``settings``.
+
+    A model with its own code loads only while that code matches the registry's pin (checked
+    before and again after ``from_pretrained``, which copies and imports it in between); its
+    ``register_module`` is imported first (:mod:`sluice.remote_code`).
+    """
+    remote_code.prepare(spec)
     family = family_for(spec.task)(spec, device, settings)
     family.setup()
+    try:
+        remote_code.verify(spec)
+    except remote_code.ModelCodeError:
+        family.release()
+        raise
     return family
 
 

@@ -21,6 +21,7 @@ from sluice.families.base import ItemResult
 from sluice.ledger import Claim, Ledger, Split
 from sluice.logs import log_context
 from sluice.registry import load_registry
+from sluice.remote_code import ModelCodeError
 from sluice.settings import Settings
 from worker.engine import BatchStats, Engine, shared_budget
 from worker.hooks import Hooks
@@ -203,6 +204,17 @@ class WorkerRuntime:
             claim.model, (claim.job_id, claim.idx), self.settings.coalesce_chunks, room, worker=self.hostname
         )
 
+    def _refuse(self, claims: list[Claim], model: str, error: str) -> ChunkReport:
+        """Fail every claimed item with ``error`` (through the writer, so counters and hooks follow)."""
+        log.error("%s; failing the %d item(s) of this run", error, sum(len(c.items) for c in claims))
+        by_job: dict[str, list[ItemResult]] = {}
+        for c in claims:
+            by_job.setdefault(c.job_id, []).extend(ItemResult(item=i, error=error) for i, _ in c.items)
+        writer = ResultWriter(self.ledger, self.hostname, claims[0].job_id, self.hooks, model)
+        with writer:
+            writer.put(by_job)
+        return ChunkReport(written=writer.written, failed=writer.failed)
+
     def _run(self, claims: list[Claim]) -> ChunkReport:
         """Run the claimed items; returns only once every result is committed (raises if one is not).
 
@@ -212,7 +224,12 @@ class WorkerRuntime:
         totals = BatchStats()
         report = ChunkReport(stats=totals)
         model = claims[0].model
-        family = self.pool.get(model)
+        try:
+            family = self.pool.get(model)
+        except ModelCodeError as exc:
+            # The model's own code may not run (changed since it was pinned, or its register_module
+            # is missing): no retry can fix that, so its items fail with the reason instead.
+            return self._refuse(claims, model, str(exc))
         s = self.settings
         tokens = s.batch_tokens(self.device)
         budget = shared_budget(family, tokens, s.oom_min_batch_tokens, s.oom_recover_batches)

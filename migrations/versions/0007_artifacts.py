@@ -7,6 +7,9 @@ Create Date: 2026-11-28
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
@@ -14,8 +17,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "artifacts",
+        sa.Column("job_id", sa.String(36), primary_key=True),
+        sa.Column("item", sa.Integer(), primary_key=True),
+        sa.Column("n", sa.Integer(), primary_key=True),
+        sa.Column("media_type", sa.String(128), nullable=False),
+        sa.Column("name", sa.String(255), nullable=True),
+        sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(["job_id", "item"], ["items.job_id", "items.item"], ondelete="CASCADE"),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("artifacts")

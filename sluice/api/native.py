@@ -44,7 +44,7 @@ SUBMIT_BODY = {
         "multipart/form-data": {"schema": {"type": "object", "required": ["file", "model"], "properties": {
             "file": {"type": "string", "format": "binary", "description": "A .jsonl, .csv or .txt input file"},
             "model": {"type": "string"}, "params": {"type": "string", "description": "Job params as a JSON object"},
-            "priority": {"type": "integer"}}}},
+            "priority": {"type": "integer"}, "callback_url": {"type": "string"}}}},
     }}
 }  # fmt: skip
 
@@ -61,8 +61,9 @@ def job_out(info: JobInfo, counts: dict[str, int] | None = None, warning: str | 
 
 @router.post("/jobs", status_code=201, response_model=JobOut, responses=SUBMIT_ERRORS, openapi_extra=SUBMIT_BODY)
 async def submit(request: Request, response: Response, who: Submitter) -> JobOut:
-    """Submit a job: JSON ``{"model", "items", "params", "priority"}``, or a multipart upload of a
-    .jsonl/.csv/.txt file with ``model``, ``params`` (a JSON object) and ``priority`` fields."""
+    """Submit a job: JSON ``{"model", "items", "params", "priority", "callback_url"}``, or a multipart
+    upload of a .jsonl/.csv/.txt file with ``model``, ``params`` (a JSON object), ``priority`` and
+    ``callback_url`` fields."""
     ctx = get_ctx(request)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
@@ -87,7 +88,8 @@ async def _submit_json(ctx: Context, request: Request, who: Principal) -> str:
 
     def run() -> str:
         limits.check_room(ctx.ledger, who.owner, len(body.items), ctx.settings)
-        return ctx.client.submit(body.model, body.items, body.params, body.priority, owner=who.owner)
+        return ctx.client.submit(body.model, body.items, body.params, body.priority, owner=who.owner,
+                                 callback_url=body.callback_url)  # fmt: skip
 
     return await run_in_threadpool(run)
 
@@ -107,7 +109,8 @@ async def _submit_file(ctx: Context, request: Request, who: Principal, workdir: 
     def run() -> str:
         room = limits.queue_room(ctx.ledger, who.owner, settings)
         items = limits.capped(read_input(path), settings.api_max_job_items, room, settings.api_retry_after)
-        return ctx.client.submit(model, items, params, priority, owner=who.owner)
+        return ctx.client.submit(model, items, params, priority, owner=who.owner,
+                                 callback_url=form.fields.get("callback_url") or None)  # fmt: skip
 
     return await run_in_threadpool(run)
 

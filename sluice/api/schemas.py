@@ -20,6 +20,9 @@ class JobSubmit(BaseModel):
     items: list[str | dict[str, Any]] = Field(description="The items, in order; results keep this order.")
     params: dict[str, Any] | None = Field(None, description="Job-level options; an item's own fields override them.")
     priority: int = Field(0, description="0-9, 9 the most urgent.")
+    callback_url: str | None = Field(
+        None, description="POST the job's signed summary here when it ends (a host on SLUICE_WEBHOOK_ALLOWED_HOSTS)."
+    )
 
 
 class JobOut(BaseModel):

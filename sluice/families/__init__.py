@@ -15,7 +15,8 @@ from functools import cache
 from sluice.errors import ConfigError
 from sluice.families.base import TaskFamily
 
-_SKIP = {"base", "collate", "common", "generation", "hf", "images"}
+_SKIP = {"base", "collate", "common", "donut", "generation", "generation_alone", "generation_options",
+         "generation_scoring", "hf", "images", "vision_generation"}  # fmt: skip
 
 
 @cache

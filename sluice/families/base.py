@@ -17,6 +17,7 @@ An item fails alone in one way: :meth:`TaskFamily.preprocess` raises :class:`Ite
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,12 +31,17 @@ from sluice.settings import Settings
 
 @dataclass
 class Feature:
-    """One model input row. ``length`` is what the token budget counts and sorting orders by."""
+    """One model input row. ``length`` is what the token budget counts and sorting orders by.
+
+    ``group``: features with different groups never share a batch (images whose processed pixels
+    differ in shape, which cannot be stacked); None, the default, batches with anything.
+    """
 
     item: int
     ids: dict[str, list[int]]
     length: int
     meta: dict[str, Any] = field(default_factory=dict)
+    group: Hashable = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 Pooling and normalisation are :class:`sluice.families.hf.Embedder`'s: mean pooling under the
 attention mask or the first token (``pooling = "cls"``), L2-normalised when ``normalize``.
+Encoder-decoder checkpoints (T5, mT5, UMT5) load their encoder alone (``AutoModelForTextEncoding``)
+and pool its ``last_hidden_state`` the same way.
 
 An item is ``{"text": ...}`` (one embedding) or ``{"texts": [...]}`` (one embedding per text,
 stored as one ``(n, dim)`` float32 matrix with ``output["n_texts"] = n``). ``texts`` exists so that

@@ -64,8 +64,13 @@ class HFTextFamily(TaskFamily):
         transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         remote = self.spec.trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path, trust_remote_code=remote)
-        self.model = load_model(self.spec, self.auto_class, self.device)
+        self.model = load_model(self.spec, self.model_class(), self.device)
         self.max_length = self._resolve_max_length()
+
+    def model_class(self) -> str:
+        """The ``transformers`` auto class :meth:`setup` loads: :attr:`auto_class` unless a family
+        chooses by the checkpoint."""
+        return self.auto_class
 
     def _resolve_max_length(self) -> int:
         limits = [self.spec.max_length, getattr(self.model.config, "max_position_embeddings", None)]
@@ -179,6 +184,14 @@ class Embedder(HFTextFamily):
     """
 
     auto_class = "AutoModel"
+
+    def model_class(self) -> str:
+        """``AutoModel``, or ``AutoModelForTextEncoding`` (the encoder alone) for an encoder-decoder
+        checkpoint such as T5, whose ``AutoModel`` is the whole model and wants decoder inputs."""
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self.spec.path, trust_remote_code=self.spec.trust_remote_code)
+        return "AutoModelForTextEncoding" if getattr(config, "is_encoder_decoder", False) else self.auto_class
 
     def embed(self, batch: dict[str, Any]) -> Any:
         """Pooled (and optionally normalised) float32 embeddings for a collated batch, on the device."""

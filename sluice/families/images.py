@@ -9,8 +9,9 @@ exists and holds an image PIL can read, and that a URL is allowed, without fetch
 checks the prefix again under the worker's settings (a worker obeys its own) and loads with
 ``transformers.image_utils.load_image``, as the pipelines do (EXIF orientation applied, RGB).
 
-Every image costs the same in the token budget: the number of patches of its processed pixels,
-so ``max_batch_tokens`` still bounds how many images go into one forward pass.
+An image costs the number of patches of its processed pixels (pixels / patch area) in the token
+budget, so ``max_batch_tokens`` still bounds how many images (and how many pixels) go into one
+forward pass, and only images whose processed pixels have one shape share a batch.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def load_image(source: str, item: int, prefixes: list[str], name: str = "image")
         raise ItemError(f"item {item}: field {name!r}: cannot read image {source!r}: {exc}") from exc
 
 
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """``uint8`` pixels (height x width, or x 3 for RGB) as a PNG file: lossless, so a mask or an
+    upscaled image reads back exactly as computed."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 class HFImageFamily(TaskFamily):
     """A family whose items are one image each, run through an image processor and one model.
 
@@ -123,11 +136,17 @@ class HFImageFamily(TaskFamily):
         self.patch = patch if isinstance(patch, int) and patch > 0 else DEFAULT_PATCH
 
     def preprocess(self, item: int, fields: dict[str, Any]) -> list[Feature]:
-        """The item's processed pixels; an image that cannot be had raises :class:`ItemError`."""
+        """The item's processed pixels; an image that cannot be had raises :class:`ItemError`.
+
+        Features are grouped by pixel shape (only equal shapes stack into a batch: processors that
+        keep the aspect ratio give each size its own), and carry the image's ``image_size``
+        (height, width) for families whose outputs are resized back to it.
+        """
         image = load_image(str(fields.get("image", "")), item, self.settings.image_url_prefixes)
         pixels = self.image_processor(images=image, return_tensors="np")["pixel_values"][0]
         cost = max(1, int(pixels.shape[-2] * pixels.shape[-1]) // (self.patch * self.patch))
-        return [Feature(item=item, ids={}, length=cost, meta={"pixel_values": pixels, **self.item_meta(item, fields)})]
+        meta = {"pixel_values": pixels, "image_size": (image.height, image.width), **self.item_meta(item, fields)}
+        return [Feature(item=item, ids={}, length=cost, meta=meta, group=tuple(pixels.shape))]
 
     def item_meta(self, item: int, fields: dict[str, Any]) -> dict[str, Any]:
         """Per-item options the family needs after the forward pass (labels, top_k, ...)."""

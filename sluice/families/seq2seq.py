@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sluice.errors import ItemError
-from sluice.families.generation import GenerationFamily
+from sluice.families.generation import CUSTOM_OPTIONS, GenerationFamily
 
 #: keys of a task-specific params entry that are generation options
 _TASK_DEFAULTS = ("max_new_tokens", "max_length", "min_length", "num_beams", "length_penalty",
@@ -35,6 +35,8 @@ class Seq2SeqGeneration(GenerationFamily):
     options: ClassVar[tuple[str, ...]] = (
         "max_new_tokens", "max_length", "min_length", "num_beams", "length_penalty", "no_repeat_ngram_size",
         "early_stopping", "repetition_penalty", "do_sample", "seed", "temperature", "top_k", "top_p", "prefix",
+        "min_new_tokens", "num_return_sequences", "typical_p", "epsilon_cutoff", "bad_words", "suppress_tokens",
+        "stop", "assistant_model", "prompt_lookup_num_tokens", *CUSTOM_OPTIONS,
     )  # fmt: skip
     #: the 4.x pipeline's name for the generated text, stored beside ``generated_text``
     text_key: ClassVar[str | None] = None

@@ -22,9 +22,10 @@ without adding special tokens (the template writes its own, so no second bos), e
 ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``. A model whose tokenizer
 has no chat template refuses ``messages`` at submit time.
 
-``stop`` (a string or up to four) ends the text before the first stop sequence it contains, with
-``finish_reason`` ``"stop"``; ``n_new_tokens`` and the score then count the fewest new tokens
-whose text holds it. Generation itself still runs to eos or the token limit.
+``stop`` (a string or up to four) stops generation when one appears, and the text ends before it,
+with ``finish_reason`` ``"stop"``; ``n_new_tokens`` and the score then count the fewest new tokens
+whose text holds it. The other strategies and options (several sequences, assisted decoding,
+prompt lookup, bad words, ...) are described in :mod:`sluice.families.generation`.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from __future__ import annotations
 from typing import Any
 
 from sluice.errors import ItemError, ValidationError
-from sluice.families.base import Feature, ItemResult
 from sluice.families.common import has_chat_template, messages_field
-from sluice.families.generation import GenerationFamily, check_options
+from sluice.families.generation import CUSTOM_OPTIONS, GenerationFamily
 from sluice.registry import ModelSpec
 from sluice.settings import Settings
 
@@ -42,8 +42,10 @@ from sluice.settings import Settings
 class TextGeneration(GenerationFamily):
     task = "text-generation"
     auto_class = "AutoModelForCausalLM"
-    options = ("max_new_tokens", "do_sample", "seed", "num_beams", "temperature", "top_p", "top_k",
-               "repetition_penalty", "no_repeat_ngram_size", "stop")  # fmt: skip
+    options = ("max_new_tokens", "min_new_tokens", "do_sample", "seed", "num_beams", "num_return_sequences",
+               "temperature", "top_p", "top_k", "typical_p", "epsilon_cutoff", "repetition_penalty",
+               "no_repeat_ngram_size", "bad_words", "suppress_tokens", "stop", "assistant_model",
+               "prompt_lookup_num_tokens", *CUSTOM_OPTIONS)  # fmt: skip
     default_max_new_tokens = 32
     padding_side = "left"
 
@@ -71,7 +73,7 @@ class TextGeneration(GenerationFamily):
                 f"item {item}: model {spec.name!r} has no chat template (its tokenizer defines none), so "
                 "'messages' cannot be rendered; send a 'text' prompt or use a chat model"
             )
-        check_options(fields, cls.options, f"item {item}")
+        cls.check_generation(fields, item, spec, settings)
 
     def encode_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[int]]:
         """Prompts as the pipeline tokenises them (the tokenizer's defaults, special tokens included,
@@ -91,28 +93,6 @@ class TextGeneration(GenerationFamily):
             for n, ids in zip(chats, encoded, strict=True):
                 out[n] = ids
         return out
-
-    def feature(self, item: int, fields: dict[str, Any], ids: list[int]) -> Feature:
-        feature = super().feature(item, fields, ids)
-        stop = fields.get("stop")
-        feature.meta["stop"] = [stop] if isinstance(stop, str) else stop
-        return feature
-
-    def result_for(self, feature: Feature, ids: list[int], logprobs: list[float]) -> ItemResult:
-        """As every generation family, except that text holding a stop sequence ends before it."""
-        result = super().result_for(feature, ids, logprobs)
-        stops = feature.meta.get("stop")
-        text = (result.output or {}).get("generated_text", "")
-        found = [text.find(s) for s in stops or () if s in text]
-        if not found:
-            return result
-        # The fewest new tokens whose text holds a stop sequence: holding one only grows with more tokens.
-        low, high = 1, int((result.output or {})["n_new_tokens"])
-        while low < high:
-            mid = (low + high) // 2
-            head = self.tokenizer.decode(ids[:mid], skip_special_tokens=True)
-            low, high = (low, mid) if any(s in head for s in stops or ()) else (mid + 1, high)
-        return self.finished(feature, text[: min(found)], low, logprobs, "stop")
 
     def fit(self, ids: list[int], options: dict[str, Any]) -> list[int]:
         """The prompt's last tokens that fit beside the new ones; a bos token for an empty prompt."""

@@ -57,6 +57,8 @@ def result_params(job_id: str, r: ItemResult, worker: str | None, now: datetime)
         "b_ms": None if r.compute_ms is None else float(r.compute_ms),
         "b_worker": worker,
         "b_at": now,
+        # not a column: the item's binary results, inserted only if this row is written (ledger.artifacts)
+        "b_artifacts": r.artifacts,
     }
 
 

@@ -18,9 +18,11 @@ from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sluice.clock import as_utc, utcnow
 from sluice.db import chunks_table, items_table, jobs_table
 from sluice.errors import ValidationError
+from sluice.ledger.artifacts import with_summaries
 from sluice.ledger.base import LedgerBase
 from sluice.ledger.codec import ACTIVE_JOBS, result_row
 from sluice.ledger.transitions import cancel_job
+from sluice.ledger.webhooks import queue_callbacks
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 
 items = items_table
@@ -47,6 +49,8 @@ class NewJob:
     chunk_size: int
     #: the API key owner who submitted it (None: the CLI, the Python client, an unauthenticated API)
     owner: str | None = None
+    #: where to POST its summary when it ends (validated at submit: sluice.webhooks.callback_problem)
+    callback_url: str | None = None
 
 
 @dataclass
@@ -109,7 +113,7 @@ class JobsLedger(LedgerBase):
                 conn.execute(insert(jobs).values(
                     id=job.id, task=job.task, model=job.model, params=job.params, priority=job.priority,
                     status=JobStatus.QUEUED.value, total_items=0, done_items=0, failed_items=0,
-                    created_at=utcnow(), owner=job.owner))  # fmt: skip
+                    created_at=utcnow(), owner=job.owner, callback_url=job.callback_url))  # fmt: skip
                 total, bad = self._insert_items(conn, job.id, new_items)
                 if total == 0:
                     raise ValidationError("no items to process: the input is empty")
@@ -121,6 +125,8 @@ class JobsLedger(LedgerBase):
                 conn.execute(update(jobs).where(jobs.c.id == job.id).values(
                     total_items=total, failed_items=bad, status=status.value,
                     finished_at=utcnow() if status is JobStatus.FAILED else None))  # fmt: skip
+                if status is JobStatus.FAILED:
+                    queue_callbacks(conn, [job.id], utcnow())
             if bad < total:
                 indices = list(range(len(rows)))
                 queue = send(indices)
@@ -219,7 +225,9 @@ class JobsLedger(LedgerBase):
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:  # fmt: skip
         """One row per item, in input order, streamed from the database in pages; only items in
-        ``status`` if given, only those after item ``after``, at most ``limit``."""
+        ``status`` if given, only those after item ``after``, at most ``limit``. Rows of items
+        with artifacts carry their summary (``artifacts``: n, media_type, bytes, name; one query
+        per page, never their bytes)."""
         cols = [items.c.item, items.c.key, items.c.status, items.c.label, items.c.score, items.c.output,
                 items.c.embedding, items.c.error]  # fmt: skip
         if include_input:
@@ -231,5 +239,5 @@ class JobsLedger(LedgerBase):
             where.append(items.c.item > after)
         query = select(*cols).where(*where).order_by(items.c.item).limit(limit)
         with self.engine.connect().execution_options(yield_per=1000) as conn:
-            for row in conn.execute(query):
-                yield result_row(row, include_input)
+            for page in conn.execute(query).partitions():
+                yield from with_summaries(conn, job_id, [result_row(row, include_input) for row in page])

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, text, update
 
 from sluice.db import items_table, jobs_table
+from sluice.ledger.artifacts import ItemKey, write_artifacts
 from sluice.ledger.transitions import finish_jobs_if_complete
 from sluice.status import ItemStatus
 
@@ -45,7 +46,8 @@ _WRITE = (
 # with unnest(); RETURNING names the rows that were still pending, i.e. actually written. For
 # 64-128 rows with 384-float embeddings this is about 1.5x faster than psycopg's pipelined
 # executemany and 3x faster than UPDATE ... FROM (VALUES ...) (see bench/store_writes.py), and
-# its text never changes, so the server can keep it prepared.
+# its text never changes, so the server can keep it prepared. The items it returns are the ones
+# whose artifacts are inserted.
 _PG_WRITE = text("""
 UPDATE items SET status = v.status, label = v.label, score = v.score, output = CAST(v.output AS JSON),
     embedding = v.embedding, error = v.error, n_tokens = v.n_tokens, compute_ms = v.compute_ms,
@@ -55,7 +57,7 @@ FROM unnest(CAST(:job_id AS VARCHAR[]), CAST(:item AS INTEGER[]), CAST(:status A
     CAST(:error AS TEXT[]), CAST(:n_tokens AS INTEGER[]), CAST(:compute_ms AS FLOAT8[]))
     AS v(job_id, item, status, label, score, output, embedding, error, n_tokens, compute_ms)
 WHERE items.job_id = v.job_id AND items.item = v.item AND items.status = :pending
-RETURNING items.job_id, items.status
+RETURNING items.job_id, items.item, items.status
 """)
 # unnest() column -> key of a row from codec.result_params; ``output`` is serialised to JSON text separately.
 _PG_COLUMNS = {
@@ -77,11 +79,15 @@ def write_rows(
     conn: Connection, rows: list[dict[str, Any]], worker: str | None, now: datetime
 ) -> tuple[Counter[tuple[str, str]], list[str]]:
     """Write result rows (from ``codec.result_params``) for items still pending; move counters and
-    finish jobs whose items all ended. Returns rows written by (job, status) and the finished jobs."""
+    finish jobs whose items all ended; insert the artifacts of the rows written. Returns rows
+    written by (job, status) and the finished jobs."""
+    pending = {(r["b_job"], r["b_item"]): r["b_artifacts"] for r in rows if r.get("b_artifacts")}
     if conn.dialect.name == "postgresql":
-        written = _write_postgresql(conn, rows, worker, now)
+        written, keys = _write_postgresql(conn, rows, worker, now)
     else:
-        written = _write_executemany(conn, rows)
+        written, keys = _write_executemany(conn, rows, set(pending))
+    if pending:
+        write_artifacts(conn, pending, keys)
     moved: dict[str, dict[str, Any]] = {}
     for (job_id, status), n in written.items():
         entry = moved.setdefault(job_id, {"b_id": job_id, "b_done": 0, "b_failed": 0})
@@ -94,19 +100,33 @@ def write_rows(
 
 def _write_postgresql(
     conn: Connection, rows: list[dict[str, Any]], worker: str | None, now: datetime
-) -> Counter[tuple[str, str]]:
-    """One UPDATE ... FROM unnest(...) RETURNING for the batch; rows written by (job, status)."""
+) -> tuple[Counter[tuple[str, str]], set[ItemKey]]:
+    """One UPDATE ... FROM unnest(...) RETURNING for the batch; rows written by (job, status), and which."""
     params: dict[str, Any] = {col: [r[key] for r in rows] for col, key in _PG_COLUMNS.items()}
     params["output"] = [None if r["b_output"] is None else json.dumps(r["b_output"]) for r in rows]
     params.update(worker=worker, finished_at=now, pending=ItemStatus.PENDING.value)
-    return Counter((row.job_id, row.status) for row in conn.execute(_PG_WRITE, params))
+    returned = conn.execute(_PG_WRITE, params).all()
+    return Counter((row.job_id, row.status) for row in returned), {(row.job_id, row.item) for row in returned}
 
 
-def _write_executemany(conn: Connection, rows: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
-    """One executemany per (job, outcome): SQLite runs in-process, so a statement per row is cheap."""
+def _write_executemany(
+    conn: Connection, rows: list[dict[str, Any]], with_artifacts: set[ItemKey]
+) -> tuple[Counter[tuple[str, str]], set[ItemKey]]:
+    """One executemany per (job, outcome): SQLite runs in-process, so a statement per row is cheap.
+
+    Rows ``with_artifacts`` are written one statement each instead, whose row count says whether
+    that item was written (an executemany's counts only the total).
+    """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    written: Counter[tuple[str, str]] = Counter()
+    keys: set[ItemKey] = set()
     for r in rows:
-        groups.setdefault((r["b_job"], r["b_status"]), []).append(r)
+        key = (r["b_job"], r["b_item"])
+        if key not in with_artifacts:
+            groups.setdefault((r["b_job"], r["b_status"]), []).append(r)
+        elif conn.execute(_WRITE, r).rowcount:
+            written[r["b_job"], r["b_status"]] += 1
+            keys.add(key)
     # rowcount of an executemany is the sum over its rows: the rows that were still pending.
-    written = Counter({key: conn.execute(_WRITE, group).rowcount for key, group in groups.items()})
-    return +written  # drop zero counts
+    written.update({key: conn.execute(_WRITE, group).rowcount for key, group in groups.items()})
+    return +written, keys  # drop zero counts

@@ -9,6 +9,7 @@ job     queued -> running      its first chunk is claimed (:func:`start_jobs`)
 job     active -> completed    every item ended, some done (:func:`finish_jobs_if_complete`; its chunks close)
 job     active -> failed       every item ended, none done (:func:`finish_jobs_if_complete`)
 job     active -> cancelled    a user cancels it (:func:`cancel_job`)
+job     any end (above)        with a callback_url: its webhook delivery row, in the same transaction
 chunk   queued -> running      a worker claims it and takes a lease (:func:`lease_chunk`, :func:`lease_queued`)
 chunk   running -> queued      its run failed, or its holder is gone (:func:`release_chunks`)
 chunk   running -> done + 2    a lost run's chunk splits into two queued parts (:func:`split_chunk`)
@@ -32,6 +33,7 @@ from sqlalchemy import ColumnElement, Connection, case, func, insert, select, tu
 from sluice.clock import utcnow
 from sluice.db import chunks_table, jobs_table
 from sluice.ledger.codec import ACTIVE_JOBS
+from sluice.ledger.webhooks import queue_callbacks
 from sluice.status import ChunkStatus, JobStatus
 
 jobs = jobs_table
@@ -68,6 +70,7 @@ def finish_jobs_if_complete(conn: Connection, job_ids: Sequence[str]) -> list[st
     finished = list(conn.execute(stmt).scalars())
     if finished:  # a chunk whose run wrote its items but died before closing must not stay "running"
         conn.execute(update(chunks).where(chunks.c.job_id.in_(finished)).values(status=ChunkStatus.DONE.value))
+        queue_callbacks(conn, finished, utcnow())  # same transaction: an ended job's callback is never lost
     return finished
 
 
@@ -78,6 +81,8 @@ def cancel_job(conn: Connection, job_id: str) -> bool:
         .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE_JOBS))
         .values(status=JobStatus.CANCELLED.value, finished_at=utcnow())
     )
+    if res.rowcount:
+        queue_callbacks(conn, [job_id], utcnow())
     return bool(res.rowcount)
 
 

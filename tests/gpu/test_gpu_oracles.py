@@ -38,7 +38,8 @@ def test_engine_on_cuda_matches_the_cpu_oracle(case: OracleCase, tmp_path: Path)
     for results, _ in Engine(family, 16384, 128).run([(i, {**case.params, **x}) for i, x in enumerate(inputs)]):
         for r in results:
             rows[r.item] = {"label": r.label, "score": r.score, "output": r.output, "error": r.error,
-                            "embedding": None if r.embedding is None else np.asarray(r.embedding).tolist()}  # fmt: skip
+                            "embedding": None if r.embedding is None else np.asarray(r.embedding).tolist(),
+                            "artifacts": [(a.media_type, a.name, a.data) for a in r.artifacts]}  # fmt: skip
     assert sorted(rows) == list(range(len(inputs)))
     for i, exp in enumerate(expected):
         case.check(exp, rows[i])

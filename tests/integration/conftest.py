@@ -24,6 +24,11 @@ from sluice.settings import Settings
 from tests.conftest import make_settings, settings_env
 from tests.launch import start_worker, stop_worker, wait_for_worker
 from tests.models import all_cases, registry_toml
+from tests.secrets import WEBHOOK_SECRET
+
+#: The stack's job callbacks (test_webhooks): receivers on 127.0.0.1, quick retries, a pass a second.
+WEBHOOKS = {"webhook_allowed_hosts": ["127.0.0.1"], "webhook_secret": WEBHOOK_SECRET, "webhook_backoff_s": 0.2,
+            "webhook_poll_s": 1.0}  # fmt: skip
 
 
 @dataclass
@@ -56,6 +61,9 @@ class ModelDirs(dict[str, Path]):
         if built != self.path(name):  # built earlier in this process, elsewhere: link it where the registry looks
             self.path(name).symlink_to(built, target_is_directory=True)
         self[name] = built
+        helper = self.cases[name].params.get("assistant_model")
+        if helper:  # a generation case's assistant is another case's model: the worker loads it too
+            self[helper]  # builds it
         return built
 
 
@@ -82,7 +90,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:  # fmt: skip
     var = tmp_path_factory.mktemp("var")
-    settings = make_settings(database_url, broker_url, var, models_file=registry_file, chunk_size=64)
+    settings = make_settings(database_url, broker_url, var, models_file=registry_file, chunk_size=64, **WEBHOOKS)
     migrate.upgrade(settings)
     env = settings_env(settings)
     hostname = f"test-{os.getpid()}-{var.name}@localhost"

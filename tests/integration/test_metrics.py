@@ -223,7 +223,7 @@ def _scheduler_text() -> str:
     from prometheus_client import generate_latest
 
     metrics = SchedulerMetrics()
-    metrics.tick("submitted")
+    metrics.tick("started")
     return generate_latest(metrics.registry).decode()
 
 

@@ -86,6 +86,20 @@ def image_inputs() -> list[dict[str, Any]]:
     return [{"image": path} for path in image_paths()]
 
 
+def sized_image_inputs(min_side: int = 0, max_pixels: int | None = None) -> list[dict[str, Any]]:
+    """The items of :func:`image_inputs` whose images have both sides at least ``min_side`` and at
+    most ``max_pixels`` pixels (for models that need a least size, or are slow on large images)."""
+    from PIL import Image
+
+    chosen = []
+    for item in image_inputs():
+        with Image.open(item["image"]) as image:
+            width, height = image.size
+        if min(width, height) >= min_side and (max_pixels is None or width * height <= max_pixels):
+            chosen.append(item)
+    return chosen
+
+
 def check_ranked(expected: list[dict[str, Any]], actual: dict[str, Any]) -> None:
     """A stored row against a pipeline's ranked ``[{"label", "score"}, ...]``: same labels in order, scores to 1e-4."""
     assert actual["error"] is None, actual["error"]

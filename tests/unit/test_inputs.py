@@ -30,8 +30,8 @@ def test_unreadable_lines_keep_their_position(tmp_path: Path) -> None:
 
 
 def test_unsupported_or_missing_file(tmp_path: Path) -> None:
-    (tmp_path / "x.parquet").write_bytes(b"")
-    with pytest.raises(ValidationError, match=r"unsupported extension '.parquet'"):
-        read_input(tmp_path / "x.parquet")
+    (tmp_path / "x.xlsx").write_bytes(b"")
+    with pytest.raises(ValidationError, match=r"unsupported extension '.xlsx'"):
+        read_input(tmp_path / "x.xlsx")
     with pytest.raises(ValidationError, match="does not exist"):
         read_input(tmp_path / "missing.jsonl")

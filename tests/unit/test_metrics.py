@@ -197,8 +197,8 @@ def test_dashboard_queries_only_documented_metrics() -> None:
 
 def test_scheduler_ticks_refuse_unbounded_outcomes() -> None:
     metrics = SchedulerMetrics()
-    metrics.tick("submitted")
-    assert metrics.registry.get_sample_value("sluice_schedule_ticks_total", {"outcome": "submitted"}) == 1
+    metrics.tick("started")
+    assert metrics.registry.get_sample_value("sluice_schedule_ticks_total", {"outcome": "started"}) == 1
     with pytest.raises(ValueError, match="outcome"):
         metrics.tick("job-123")
 
