@@ -19,7 +19,7 @@ from producer.client import Client
 from sluice import migrate
 from sluice.broker import start_embedded
 from sluice.celery_app import create_app
-from sluice.db import utcnow
+from sluice.clock import utcnow
 from sluice.process import start_worker, stop_worker, wait_for_worker
 from sluice.settings import Settings
 

@@ -24,7 +24,8 @@ import numpy as np
 from sqlalchemy import Connection, create_engine, insert, text
 
 from sluice import migrate
-from sluice.db import Item, Job, get_engine, utcnow
+from sluice.clock import utcnow
+from sluice.db import Item, Job, get_engine
 from sluice.families.base import ItemResult
 from sluice.ledger import Ledger
 from sluice.ledger import results as store_module

@@ -217,10 +217,27 @@ def use_modules_cache(directory: Path) -> Path:
     that has. Call it before any model is loaded: the copies land in the cache dir in use then.
     """
     path = Path(directory).resolve()
+    earlier = {os.environ.get("HF_MODULES_CACHE")}
     os.environ["HF_MODULES_CACHE"] = str(path)
     for name in ("transformers.utils.hub", "transformers.utils", "transformers.file_utils",
                  "transformers.dynamic_module_utils"):  # fmt: skip
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "HF_MODULES_CACHE"):
+            earlier.add(module.HF_MODULES_CACHE)
             module.HF_MODULES_CACHE = str(path)  # type: ignore[attr-defined]
+    _forget_imported_code({p for p in earlier if p and p != str(path)})
     return path
+
+
+def _forget_imported_code(earlier: set[str]) -> None:
+    """Drop ``transformers_modules`` imported from an ``earlier`` cache directory, and that directory
+    from ``sys.path``.
+
+    Python resolves ``transformers_modules.<model>`` through the package imported first, found on
+    the first ``sys.path`` entry that has it: code copied to the new directory would not be found.
+    A worker sets its cache once, before any load; this matters to a process that switches (tests).
+    """
+    sys.path[:] = [p for p in sys.path if p not in earlier]
+    for name in [n for n in sys.modules if n == "transformers_modules" or n.startswith("transformers_modules.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()

@@ -108,7 +108,7 @@ class GenerationFamily(HFTextFamily):
                 f"accepted: {', '.join(cls.options)}"
             )
         check_options(params, cls.options, "job params")
-        check_strategy(params, spec, None, "job params", cls.auto_class)
+        check_strategy(cls.own(params), spec, None, "job params", cls.auto_class)
 
     @classmethod
     def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
@@ -119,7 +119,12 @@ class GenerationFamily(HFTextFamily):
     def check_generation(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
         """An item's generation options: each one's rule, their combination, and what needs the registry."""
         check_options(fields, cls.options, f"item {item}")
-        check_strategy(fields, spec, settings, f"item {item}", cls.auto_class)
+        check_strategy(cls.own(fields), spec, settings, f"item {item}", cls.auto_class)
+
+    @classmethod
+    def own(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """The fields that are this family's options (others are not generation options here)."""
+        return {k: v for k, v in fields.items() if k in cls.options}
 
     # run time ----------------------------------------------------------------------------
     def setup(self) -> None:

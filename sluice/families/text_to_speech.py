@@ -43,6 +43,8 @@ from sluice.settings import Settings
 
 #: most floats an item's speaker embedding may hold (SpeechT5's x-vectors have 512)
 MAX_EMBEDDING = 8192
+#: the ``model_type`` values this family can run (Bark, MusicGen, ... generate differently)
+SUPPORTED = ("vits", "speecht5")
 
 
 class TextToSpeech(TaskFamily):
@@ -70,6 +72,10 @@ class TextToSpeech(TaskFamily):
     def validate_item(cls, fields: dict[str, Any], item: int, spec: ModelSpec, settings: Settings) -> None:
         text_field(fields, "text", item)
         _check_options(fields, f"item {item}")
+        kind = model_type(spec.path)
+        if kind is not None and kind not in SUPPORTED:
+            raise ValidationError(f"item {item}: model {spec.name!r} is a {kind} model; {cls.task} runs VITS / "
+                                  "MMS-TTS and SpeechT5")  # fmt: skip
         needs_speaker = model_type(spec.path) == "speecht5" and "speaker_embedding" not in spec.options
         if needs_speaker and fields.get("speaker_embedding") is None:
             raise ValidationError(
@@ -89,7 +95,12 @@ class TextToSpeech(TaskFamily):
         dtype = torch_dtype(self.spec.dtype) if self.device.startswith("cuda") else torch_dtype("float32")
         self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path, trust_remote_code=remote)
         self.vocoder, self.speaker = None, None
-        if model_type(self.spec.path) == "speecht5":
+        kind = model_type(self.spec.path)
+        if kind is not None and kind not in SUPPORTED:
+            raise ConfigError(
+                f"model {self.spec.name!r} is a {kind} model; {self.task} runs VITS / MMS-TTS and SpeechT5"
+            )
+        if kind == "speecht5":
             self.model = transformers.SpeechT5ForTextToSpeech.from_pretrained(self.spec.path, dtype=dtype)
             self.vocoder = _vocoder(self.spec, dtype).to(self.device).eval()
             self.sampling_rate = int(self.vocoder.config.sampling_rate)

@@ -30,6 +30,6 @@ class Ledger(JobsLedger, ClaimsLedger, WorkersLedger, RecoveryLedger, BatchesLed
 
 __all__ = [
     "ACTIVE_JOBS", "RESULT_COLUMNS", "TERMINAL", "BatchInfo", "ChunkGroup", "ChunkRef", "Claim", "ClusterStats",
-    "DeliveryInfo", "DueDelivery", "StoredArtifact",
-    "FileInfo", "JobInfo", "KeyInfo", "Ledger", "NewItem", "NewJob", "RunningChunk", "Split", "Written", "csv_cells",
+    "DeliveryInfo", "DueDelivery", "FileInfo", "JobInfo", "KeyInfo", "Ledger", "NewItem", "NewJob", "RunningChunk",
+    "Split", "StoredArtifact", "Written", "csv_cells",
 ]  # fmt: skip

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import event, insert, select, update
 
 from producer.client import Client
-from sluice.db import Chunk, Job, Worker, get_engine, utcnow
+from sluice.clock import utcnow
+from sluice.db import Chunk, Job, Worker, get_engine
 from sluice.families.base import ItemResult
 from sluice.ledger import Claim, Ledger, Split
 from sluice.recovery import reclaim_own, reconcile, stale_chunks

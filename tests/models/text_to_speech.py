@@ -40,7 +40,10 @@ def build_vits(path: Path, seed: int = 0) -> Path:
                         upsample_initial_channel=16, upsample_rates=[8, 2], upsample_kernel_sizes=[16, 4],
                         resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
                         sampling_rate=16000, pad_token_id=0)  # fmt: skip
-    return save(VitsModel(config).eval(), tokenizer, path)
+    model = VitsModel(config).eval()
+    with torch.no_grad():  # random weights saturate the output (tanh); a quieter last layer keeps it in range
+        model.decoder.conv_post.weight.mul_(0.1)
+    return save(model, tokenizer, path)
 
 
 def build_speecht5(path: Path, seed: int = 0) -> Path:
@@ -63,7 +66,7 @@ def build_speecht5(path: Path, seed: int = 0) -> Path:
     vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(model_in_dim=8, upsample_initial_channel=16, upsample_rates=[4, 4],
                                                     upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3],
                                                     resblock_dilation_sizes=[[1, 3]], sampling_rate=16000,
-                                                    initializer_range=0.5))  # fmt: skip
+                                                    initializer_range=0.25))  # fmt: skip
     vocoder.eval().save_pretrained(path / "vocoder")
     np.save(path / "speaker.npy", np.random.default_rng(seed).normal(size=SPEAKER_DIM).astype(np.float32))
     return path

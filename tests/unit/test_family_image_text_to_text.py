@@ -132,4 +132,5 @@ def test_per_token_inputs_are_padded_with_the_ids(llava: Any, monkeypatch: pytes
     assert [sorted(f.meta["vision"]) for f in features] == [["pixel_values"], ["pixel_values"]]
     batch = llava.collate(features)
     assert batch["token_type_ids"].tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]  # left-padded, as the ids
+    batch.pop("meta")  # as forward does before it picks rows
     assert llava.rows_of(batch, [0, 1])["pixel_values"].shape == (2, 3, 32, 32)

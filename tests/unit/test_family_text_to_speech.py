@@ -69,6 +69,12 @@ def test_submit_checks(speecht5: Path) -> None:
     assert message is not None and "speaks with a speaker embedding" in message
     assert problem({"text": "x", "speaker_embedding": [0.1] * SPEAKER_DIM}, str(speecht5)) is None
     assert problem({"text": "x"}, str(speecht5), speaker_embedding="speaker.npy") is None
+    bark = speecht5.parent / "bark"
+    bark.mkdir(exist_ok=True)
+    (bark / "config.json").write_text('{"model_type": "bark"}')
+    assert "is a bark model; text-to-speech runs VITS / MMS-TTS and SpeechT5" in (
+        problem({"text": "x"}, str(bark)) or ""
+    )
     with pytest.raises(ValidationError, match="unknown option"):
         TextToSpeech.validate_params({"voice": "x"}, ModelSpec(name="tts", task="text-to-speech", path="/nowhere"))
 

@@ -17,13 +17,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The shell sits on top of everything; it may import producer and worker.
-SHELL = {"sluice.cli", "sluice.cli_errors", "sluice.demo", "sluice.process", "sluice.api", "sluice.schedules",
-         "sluice.exporter", "sluice.top", "sluice.monitor_commands"}  # fmt: skip
-#: Packages whose every module is shell (the HTTP API and the scheduler sit on the producer client and the ledger).
+SHELL = {"sluice.cli", "sluice.cli_errors", "sluice.data_commands", "sluice.demo", "sluice.process", "sluice.api",
+         "sluice.schedules", "sluice.exporter", "sluice.top", "sluice.monitor_commands"}  # fmt: skip
+#: Packages whose every module is shell (the HTTP API and the scheduler sit on the producer client
+#: and the ledger).
 SHELL_PACKAGES = ("sluice.api.", "sluice.schedules.")
-#: Core modules allowed to use SQLAlchemy: the schema, the migrations runner and the ledger (Sluice's
+#: Core modules allowed to use SQLAlchemy: the schema and engine, the migrations runner and the ledger (Sluice's
 #: own tables), and the user's databases: a SQL source read (sources) and a table sink written (sinks).
-SQL_OWNERS = ("sluice.db", "sluice.migrate", "sluice.ledger", "sluice.sources", "sluice.sinks")
+SQL_OWNERS = ("sluice.db", "sluice.schema", "sluice.migrate", "sluice.ledger", "sluice.sources", "sluice.sinks")
 
 
 def _shell(module: str) -> bool:

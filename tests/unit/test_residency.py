@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from sluice.db import utcnow
+from sluice.clock import utcnow
 from sluice.families.base import TaskFamily
 from sluice.registry import ModelSpec, Registry
 from sluice.routing import WorkerRow, describe_worker, model_queue, route, waiting_reason, worker_queues
