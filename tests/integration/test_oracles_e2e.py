@@ -64,6 +64,7 @@ def one_case_per_task() -> list[OracleCase]:
 def test_cli_matches_oracle(stack: Stack, case: OracleCase, tmp_path: Path) -> None:
     """A JSONL file in through ``sluice submit --wait``, ``sluice results`` out, as the client path."""
     inputs = case.inputs()[:3]
+    path = stack.model_dirs[case.model]  # built (on first use) before the worker is asked to load it
     src = tmp_path / "items.jsonl"
     src.write_text("".join(json.dumps(x) + "\n" for x in inputs), encoding="utf-8")
     params = [arg for key, value in case.params.items() for arg in ("--param", f"{key}={json.dumps(value)}")]
@@ -72,6 +73,6 @@ def test_cli_matches_oracle(stack: Stack, case: OracleCase, tmp_path: Path) -> N
     assert f"done={len(inputs)} failed=0" in submitted.stderr
     rows = [json.loads(line) for line in sluice(stack, "results", job).stdout.splitlines()]
     assert [r["item"] for r in rows] == list(range(len(inputs)))
-    expected = case.expected(stack.model_dirs[case.model], inputs, case.params)
+    expected = case.expected(path, inputs, case.params)
     for exp, row in zip(expected, rows, strict=True):
         case.check(exp, row)
