@@ -16,7 +16,7 @@ from itertools import islice
 from typing import Any
 
 from sluice.dispatch import Dispatcher
-from sluice.errors import InfrastructureError
+from sluice.errors import ConfigError, InfrastructureError
 from sluice.families.base import ItemResult
 from sluice.ledger import Claim, Ledger, Split
 from sluice.logs import log_context
@@ -230,6 +230,10 @@ class WorkerRuntime:
             # The model's own code may not run (changed since it was pinned, or its register_module
             # is missing): no retry can fix that, so its items fail with the reason instead.
             return self._refuse(claims, model, str(exc))
+        except (OSError, ValueError, KeyError, ImportError, ConfigError) as exc:
+            # Weights that are not where the registry says, or a config transformers cannot read:
+            # a retry fails the same way, at full speed, forever (a requeued run counts no attempt).
+            return self._refuse(claims, model, f"model {model!r} could not be loaded: {type(exc).__name__}: {exc}")
         s = self.settings
         tokens = s.batch_tokens(self.device)
         budget = shared_budget(family, tokens, s.oom_min_batch_tokens, s.oom_recover_batches)

@@ -43,6 +43,7 @@ row is padded and its padding may be the end-of-sequence token.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, ClassVar, cast
 
 from sluice.errors import ItemError, ValidationError
@@ -143,6 +144,8 @@ class GenerationFamily(HFTextFamily):
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
         self._word_ids: dict[tuple[str, ...], list[list[int]]] = {}
         self.custom_generate = generation_alone.prepare_custom_generate(self.spec)
+        if self.custom_generate is not None:  # removed with the family too when it is never released
+            weakref.finalize(self, generation_alone.discard_custom_generate, self.custom_generate)
 
     def release(self) -> None:
         generation_alone.discard_custom_generate(getattr(self, "custom_generate", None))

@@ -40,6 +40,10 @@ class Stack:
     model_dirs: ModelDirs
 
 
+#: Case models that tests outside test_oracles_e2e submit to by name: built when the stack starts.
+NAMED_MODELS = ("tiny-clf", "tiny-ner", "tiny-vit", "tiny-gpt2", "tiny-llama-beams", "tiny-remote")
+
+
 class ModelDirs(dict[str, Path]):
     """Every oracle case's tiny model directory, built on first access (then reused).
 
@@ -51,6 +55,8 @@ class ModelDirs(dict[str, Path]):
         super().__init__()
         self.root = root
         self.cases = {case.model: case for case in all_cases()}
+        for name in NAMED_MODELS:  # tests that submit to these by name never ask for their directory
+            self[name]
 
     def path(self, name: str) -> Path:
         """Where ``name`` is (or will be) built, without building it."""

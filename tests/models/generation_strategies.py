@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from sluice.families.generation import item_seed
-from sluice.remote_code import code_sha256
+from sluice.remote_code import code_sha256, manifest_sha256
 from tests.models import OracleCase
 from tests.models.common import mixed_texts, save
 from tests.models.seq2seq import build_bart
@@ -37,7 +37,7 @@ from tests.models.text_generation import _bpe, build_gpt2, build_llama, favour_e
 TOL = 1e-4
 DRAFT = "tiny-gpt2-draft"
 #: a model directory without Python files: the hash trust_remote_code entries pin then
-EMPTY_CODE_SHA = code_sha256(Path(tempfile.mkdtemp(prefix="sluice-empty-")))
+EMPTY_CODE_SHA = manifest_sha256({})
 
 #: A greedy loop that never repeats the previous token, as a Hub ``custom_generate/generate.py``:
 #: ``generate(model, ...)`` receives every ``generate()`` argument, ``model`` in place of ``self``.
