@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from sluice.process import stop_worker, wait_for_worker, worker_command
 from tests.conftest import SESSION_ONLY_ENV
+
+T = TypeVar("T")
 
 __all__ = ["fleet_command", "spawn", "start_fleet", "start_worker", "started", "stop_worker", "wait_for_worker"]
 
@@ -56,3 +60,13 @@ def start_fleet(
     """``sluice worker --gpus <ids> --device cpu``: a supervisor and one pinned worker per id."""
     started["worker"] += len(gpus.split(","))
     return spawn(fleet_command(models, gpus, host, device="cpu"), env, log_path, "supervisor")
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, poll_s: float = 0.05) -> T:
+    """``check()``'s first truthy value, polled every ``poll_s`` until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} within {timeout}s")

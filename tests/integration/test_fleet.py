@@ -13,7 +13,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from sluice.db import Chunk, Item, Job
 from sluice.settings import Settings
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 from tests.conftest import make_settings, settings_env
-from tests.launch import start_fleet, stop_worker, wait_for_worker
+from tests.launch import start_fleet, stop_worker, wait_for_worker, wait_until
 from tests.models.common import mixed_texts
 
 MODEL = "tiny-clf"
@@ -101,15 +101,6 @@ def children(parent: int) -> dict[str, int]:
 def environ_of(pid: int) -> dict[str, str]:
     pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(p.decode().partition("=")[::2] for p in pairs if p)
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str, poll_s: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(poll_s)
-    raise TimeoutError(f"{what} within {timeout}s")
 
 
 def finish(fleet: Fleet, job: str, timeout: float = 120) -> None:

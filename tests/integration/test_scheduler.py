@@ -17,10 +17,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -34,7 +33,7 @@ from sluice.schedules.due import fire_times, job_id_for
 from sluice.schedules.lease import LEASE_NAME
 from sluice.settings import get_settings
 from tests.integration.conftest import Stack
-from tests.launch import spawn
+from tests.launch import spawn, wait_until
 
 UTC_ZONE = ZoneInfo("UTC")
 LEASE_S = 2.0
@@ -43,15 +42,6 @@ FAST = {"SLUICE_SCHEDULER_LEASE_SECONDS": str(LEASE_S), "SLUICE_SCHEDULER_RENEW_
         "SLUICE_SCHEDULER_POLL_SECONDS": "0.25", "SLUICE_SCHEDULER_SINK_ATTEMPTS": "2",
         "SLUICE_SCHEDULER_SINK_BACKOFF": "0.5"}  # fmt: skip
 DOCS = ["the invoice was charged twice", "the site is down again", "please add dark mode", "refund my order"]
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _port() -> int:
@@ -194,25 +184,28 @@ def _crashed_claims(world: World) -> list[datetime]:
 
 
 def _run_and_fail_over(world: World) -> None:
-    first = until(world.holder, 60, "a scheduler to take the lease")
+    first = wait_until(world.holder, 60, "a scheduler to take the lease")
+    assert first is not None  # wait_until returns a truthy value
     start = utcnow() - timedelta(seconds=30)
-    until(lambda: world.finished("tickets", start, 1) and world.finished("inbox", start, 2)
-          and world.finished("blocked", start, 1, sink="failed"), 90, "runs and sinks before the kill")  # fmt: skip
+    wait_until(lambda: world.finished("tickets", start, 1) and world.finished("inbox", start, 2)
+               and world.finished("blocked", start, 1, sink="failed"),
+               90, "runs and sinks before the kill")  # fmt: skip
     assert world.cli("schedules", "pause", "blocked") == (0, "paused\n")
     world.procs[first].kill()
     world.procs[first].wait()
     killed = time.monotonic()
     kill_at = utcnow()
     world.change(["r1", "r4", "r5"], utcnow())
-    second = until(lambda: (h := world.holder()) != first and h, 30, "the standby to take over")
+    second = wait_until(lambda: (h := world.holder()) != first and h, 30, "the standby to take over")
+    assert isinstance(second, str)
     takeover = time.monotonic() - killed
     with world.capsys.disabled():
         print(f"\ntakeover after {takeover:.1f} s (lease {LEASE_S} s)")
     assert takeover < LEASE_S + 3
-    until(lambda: world.finished("tickets", kill_at, 1) and world.finished("inbox", kill_at, 2), 90,
-          "runs and sinks after the takeover")  # fmt: skip
-    until(lambda: not any(t.outcome in ("claimed", "buffered") for n in CRONS for t in world.ticks(n)), 30,
-          "claims left by the killed scheduler to be resumed")  # fmt: skip
+    wait_until(lambda: world.finished("tickets", kill_at, 1) and world.finished("inbox", kill_at, 2), 90,
+               "runs and sinks after the takeover")  # fmt: skip
+    wait_until(lambda: not any(t.outcome in ("claimed", "buffered") for n in CRONS for t in world.ticks(n)), 30,
+               "claims left by the killed scheduler to be resumed")  # fmt: skip
     metrics = httpx.get(f"http://127.0.0.1:{world.ports[second]}/metrics", timeout=10).text
     assert 'sluice_schedule_ticks_total{outcome="started"}' in metrics
     assert 'sluice_schedule_ticks_total{outcome="missed"} 0.0' in metrics
