@@ -22,6 +22,7 @@ from sluice.errors import BrokerError
 from sluice.ledger import Ledger
 from sluice.routing import WorkerRow, route
 from sluice.settings import Settings
+from sluice.unacked import Unacked, restore, unacked_chunks
 
 #: How long a send may route on the live-worker list read by an earlier one. Liveness already
 #: lags by a few heartbeats, so a second more changes little, and a backend sending one document
@@ -91,6 +92,23 @@ class Dispatcher:
                     return False
                 client.set(key, epoch)
                 return True
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
+
+    def unacked_chunks(self, older_than: float) -> list[Unacked]:
+        """Chunk messages on this deployment's queues delivered ``older_than`` seconds ago or more
+        and not acked (:mod:`sluice.unacked`)."""
+        try:
+            with self.app.connection_for_write() as conn:
+                return unacked_chunks(conn.default_channel, self.settings.queue, older_than)
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
+
+    def restore(self, deliveries: list[Unacked]) -> None:
+        """Put these unacked deliveries back at the head of their queues."""
+        try:
+            with self.app.connection_for_write() as conn:
+                restore(conn.default_channel, [d.tag for d in deliveries])
         except (KombuOperationalError, RedisError, OSError) as exc:
             raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
 

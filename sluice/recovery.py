@@ -10,7 +10,9 @@ message that arrives for a finished chunk is acked without work.
 
 A chunk leased by a worker that is gone (its heartbeat went stale, or it stopped) goes back to
 the queue at once instead of waiting for the lease to expire; so do the chunks a restarted
-worker's previous incarnation held, when the new process starts under the same node name.
+worker's previous incarnation held, when the new process starts under the same node name. A
+chunk message a worker received and died holding before it claimed the chunk is given back from
+Redis's unacked set (:mod:`sluice.unacked`) by every worker start and every reconcile pass.
 ``sluice reconcile --every N`` (the Compose ``beat`` service) repeats all this periodically, and
 delivers due job callbacks (:mod:`sluice.webhooks`) on a thread of its own.
 
@@ -27,6 +29,7 @@ from collections import defaultdict
 from sluice.dispatch import Dispatcher
 from sluice.routing import STALE_AFTER_BEATS, consumed, route
 from sluice.status import ChunkStatus
+from sluice.unacked import CLAIM_GRACE_S
 from sluice.webhooks import start_deliverer
 
 log = logging.getLogger("sluice.reconcile")
@@ -62,19 +65,34 @@ def requeue_held_by(dispatcher: Dispatcher, hostnames: list[str]) -> set[tuple[s
     return {(c.job_id, c.idx) for c in rows}
 
 
-def reclaim_own(dispatcher: Dispatcher, hostname: str) -> int:
-    """At worker start: re-enqueue what this node name's previous process held when it died.
+def restore_unclaimed(dispatcher: Dispatcher, older_than: float = CLAIM_GRACE_S) -> int:
+    """Give back the chunk messages delivered ``older_than`` seconds ago or more whose chunk is still
+    queued: their worker died between receiving and claiming. Returns how many."""
+    found = dispatcher.unacked_chunks(older_than)
+    queued = dispatcher.ledger.queued_among({(d.job_id, d.idx) for d in found})
+    lost = [d for d in found if (d.job_id, d.idx) in queued]
+    for d in lost:
+        log.warning("job %s: chunk %d was delivered %.0fs ago to a worker that never claimed it; given back",
+                    d.job_id, d.idx, time.time() - d.delivered_at)  # fmt: skip
+    dispatcher.restore(lost)
+    return len(lost)
 
-    Skipped when another live process on this machine still reports under the same name (two
-    workers misconfigured with one name must not take each other's chunks).
+
+def reclaim_own(dispatcher: Dispatcher, hostname: str) -> int:
+    """At worker start: re-enqueue what this node name's previous process held when it died, and
+    give back messages some worker died holding unclaimed (the killed predecessor's, most likely).
+
+    The held chunks are skipped when another live process on this machine still reports under the
+    same name (two workers misconfigured with one name must not take each other's chunks).
     """
+    restored = restore_unclaimed(dispatcher)  # before the release below queues the held chunks
     row = next((w for w in dispatcher.ledger.load_workers(include_stale=True) if w.hostname == hostname), None)
     if row is None:
-        return 0
+        return restored
     if row.live and row.pid != os.getpid() and _pid_alive(row.pid):
         log.warning("another live process (pid %d) reports as %s; not reclaiming its chunks", row.pid, hostname)
-        return 0
-    return len(requeue_held_by(dispatcher, [hostname]))
+        return restored
+    return restored + len(requeue_held_by(dispatcher, [hostname]))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -95,6 +113,7 @@ def reconcile(dispatcher: Dispatcher, include_queued: bool = False, judge_worker
     is taken for gone (right after a database outage every heartbeat looks stale).
     """
     lost = dispatcher.broker_lost_messages()
+    restored = restore_unclaimed(dispatcher)  # first: the release below queues held chunks again
     workers = dispatcher.ledger.load_workers(include_stale=True) if judge_workers else []
     requeued = requeue_held_by(dispatcher, [w.hostname for w in workers if not w.live])
     if lost and not include_queued:
@@ -106,7 +125,7 @@ def reconcile(dispatcher: Dispatcher, include_queued: bool = False, judge_worker
         if fresh := [idx for idx in chunks if (job_id, idx) not in requeued]:
             dispatcher.enqueue(job_id, fresh, priority)
             sent += len(fresh)
-    return len(requeued) + sent
+    return restored + len(requeued) + sent
 
 
 def reconcile_every(dispatcher: Dispatcher, seconds: float, debug: bool = False) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, or_, select, true
+from sqlalchemy import and_, or_, select, true, tuple_
 
 from sluice.clock import utcnow
 from sluice.db import chunks_table, jobs_table
@@ -56,6 +56,19 @@ class RecoveryLedger(LedgerBase):
             rows = [ChunkRef(*r) for r in conn.execute(query)]
             release_chunks(conn, held)
         return rows
+
+    def queued_among(self, keys: Collection[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Those of these chunks that are queued (no run under way or done) in an active job."""
+        if not keys:
+            return set()
+        query = (
+            select(chunks.c.job_id, chunks.c.idx)
+            .join(jobs, jobs.c.id == chunks.c.job_id)
+            .where(tuple_(chunks.c.job_id, chunks.c.idx).in_(list(keys)),
+                   chunks.c.status == ChunkStatus.QUEUED.value, jobs.c.status.in_(ACTIVE_JOBS))
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            return {(r.job_id, r.idx) for r in conn.execute(query)}
 
     def resend_candidates(self, reading: Collection[str], include_queued: bool) -> list[ChunkRef]:
         """Chunks of active jobs whose message may be missing: running under an expired lease, never

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from sluice.clock import utcnow
 from sluice.db import Chunk, Job, Worker, get_engine
 from sluice.families.base import ItemResult
 from sluice.ledger import Claim, Ledger, Split
-from sluice.recovery import reclaim_own, reconcile, stale_chunks
+from sluice.recovery import reclaim_own, reconcile, restore_unclaimed, stale_chunks
 from sluice.status import JobStatus, WorkerStatus
 from tests.conftest import make_settings
 from worker.runtime import WorkerRuntime
@@ -308,3 +310,35 @@ def test_split_parts_a_worker_died_before_sending_are_sent_by_recovery(client: C
     assert store.release_held_by(["w2@host"]) == []  # sent now: nothing of theirs left to send
     part = store.claim(job, split.children[0], worker="w2@host")  # its own part, not its lease
     assert isinstance(part, Claim) and part.items != [] and part.alone
+
+
+def test_a_message_whose_worker_died_before_claiming_is_given_back(
+    migrated_database_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    """The window CI hit: a worker received a chunk's message and was killed before claiming it."""
+    settings = make_settings(migrated_database_url, broker_url, tmp_path, chunk_size=4)
+    settings = settings.model_copy(update={"queue": f"{settings.queue}-{uuid.uuid4().hex[:8]}"})
+    client = Client(settings)
+    job = client.submit("minilm", [f"doc {i}" for i in range(12)])  # chunks 0, 1, 2, sent for real
+    store = Ledger(settings.resolved_database_url, max_attempts=5)
+    with client.dispatcher.app.connection_for_write() as conn:
+        channel = conn.default_channel
+        dead = conn.channel()  # a consumer that takes the three messages and is killed holding them
+        tags = {m.payload[0][1]: m.delivery_tag for m in (dead.basic_get(settings.queue, no_ack=False) for _ in "abc")}
+        dead.do_restore = False  # a SIGKILL gives nothing back at close
+        dead.close()
+        assert restore_unclaimed(client.dispatcher) == 0  # delivered just now: its worker may be claiming it
+        for tag in tags.values():  # delivered a minute ago
+            channel.client.zadd(channel.unacked_index_key, {tag: time.time() - 60})
+        running = store.claim(job, 1, worker="alive@host")  # claimed: a run under way, its lease covers it
+        done = store.claim(job, 2, worker="alive@host")
+        assert isinstance(running, Claim) and isinstance(done, Claim) and store.close(job, 2, done.lease)
+        assert reclaim_own(client.dispatcher, "gpu7@host") == 1  # only chunk 0 was lost with its worker
+        unacked = set(channel.client.hkeys(channel.unacked_key))
+        assert tags[0].encode() not in unacked and {tags[1].encode(), tags[2].encode()} <= unacked
+        again = channel.basic_get(settings.queue, no_ack=True)  # back at the head of its queue
+        assert again.payload[0] == [job, 0] and again.headers["redelivered"] is True
+        assert channel.basic_get(settings.queue, no_ack=True) is None
+        channel.client.hdel(channel.unacked_key, tags[1], tags[2])
+        channel.client.zrem(channel.unacked_index_key, tags[1], tags[2])
+    assert isinstance(store.claim(job, 0, worker="alive@host"), Claim)  # the redelivery claims it at once
