@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as FastApiPath
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError as PydanticValidationError
 
+from producer.artifact_files import extension
 from producer.inputs import read_input
 from sluice.api import limits, uploads
 from sluice.api.auth import Principal, Reader, Submitter
 from sluice.api.context import Context, Ctx, get_ctx, iso, plausible_id
-from sluice.api.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from sluice.api.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from sluice.api.results import ResultsResponse, result_stream
 from sluice.api.schemas import Cancelled, ErrorOut, JobList, JobOut, JobSubmit, ModelList, ModelOut
 from sluice.errors import ValidationError
@@ -151,6 +153,31 @@ def job_results(
     csv_wanted = format == "csv" or (format is None and "text/csv" in request.headers.get("accept", ""))
     rows = ctx.client.ledger.results(job_id, status=status, after=after, limit=limit)
     return result_stream(rows, csv_wanted)
+
+
+ARTIFACT_200 = {
+    "description": "The artifact's bytes, with its media type (audio/wav, image/png, application/x-npy, ...)",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+@router.get("/jobs/{job_id}/items/{item}/artifacts/{n}", responses={**ERRORS, 200: ARTIFACT_200})
+def artifact(
+    job_id: str,
+    item: Annotated[int, FastApiPath(ge=0, le=2**31 - 1)],
+    n: Annotated[int, FastApiPath(ge=0, le=2**31 - 1)],
+    ctx: Ctx,
+    who: Reader,
+) -> Response:
+    """One binary result of an item (a WAV, a mask, a depth map): the ``n`` of an entry in its result
+    row's ``artifacts`` summary. Served as a download, never sniffed as another type."""
+    ctx.owned_job(job_id, who.sees)
+    found = ctx.ledger.artifact(job_id, item, n)
+    if found is None:
+        raise NotFound(f"item {item} of job {job_id} has no artifact {n}; its result row lists those it has")
+    name = f"{item}-{n}.{extension(found.media_type)}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff"}
+    return Response(content=found.data, media_type=found.media_type, headers=headers)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Cancelled, responses=ERRORS)

@@ -90,3 +90,11 @@ class ArtifactsLedger(LedgerBase):
         with self.engine.connect().execution_options(yield_per=_STREAM_BATCH) as conn:
             for row in conn.execute(query.order_by(artifacts.c.item, artifacts.c.n)):
                 yield StoredArtifact(row.item, row.n, row.name, row.media_type, bytes(row.data))
+
+    def artifact(self, job_id: str, item: int, n: int) -> StoredArtifact | None:
+        """One artifact with its bytes: item ``item``'s ``n``-th (as numbered in its result row's summary)."""
+        query = select(artifacts.c.item, artifacts.c.n, artifacts.c.name, artifacts.c.media_type, artifacts.c.data)
+        query = query.where(artifacts.c.job_id == job_id, artifacts.c.item == item, artifacts.c.n == n)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else StoredArtifact(row.item, row.n, row.name, row.media_type, bytes(row.data))

@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from producer.client import Client
+from sluice.api.app import create_app
 from sluice.families.base import Artifact, ItemResult
 from sluice.ledger import Ledger
+from tests.api_server import make_keys
 from tests.conftest import make_settings, settings_env
 
 PNG = "image/png"
@@ -106,3 +110,23 @@ def test_summaries_follow_every_page_of_a_long_job(client: Client) -> None:
     assert Ledger.for_settings(client.settings).write_results({job: results}, "w1") == (2500, 0)
     found = {row["item"]: row["artifacts"] for row in client.results(job) if "artifacts" in row}
     assert found == {i: [{"n": 0, "media_type": NPY, "bytes": len(str(i)), "name": None}] for i in with_artifact}
+
+
+def test_the_api_serves_an_artifacts_bytes_to_its_owner_only(client: Client) -> None:
+    """``GET /jobs/{id}/items/{item}/artifacts/{n}``: the bytes under their media type, as a download."""
+    suffix = uuid.uuid4().hex[:6]
+    key_of = make_keys(client.settings, suffix)
+    job = client.submit("minilm", [f"doc {i}" for i in range(4)], owner=f"alice-{suffix}")  # alice's key's owner
+    Ledger.for_settings(client.settings).write_results({job: _results(b"first")}, "w1")
+    with TestClient(create_app(client.settings), headers={"Authorization": f"Bearer {key_of['alice']}"}) as http:
+        row = json.loads(http.get(f"/jobs/{job}/results").text.splitlines()[1])
+        assert row["artifacts"] == MASKS  # what an HTTP client reads first: which artifacts there are
+        got = http.get(f"/jobs/{job}/items/1/artifacts/1")
+        assert got.status_code == 200 and got.content == b"\x00" * 300
+        assert got.headers["content-type"] == PNG and got.headers["x-content-type-options"] == "nosniff"
+        assert got.headers["content-disposition"] == 'attachment; filename="1-1.png"'
+        missing = http.get(f"/jobs/{job}/items/2/artifacts/0")  # the failed item has none
+        assert missing.status_code == 404 and "has no artifact 0" in missing.json()["error"]["message"]
+        assert http.get(f"/jobs/{job}/items/-1/artifacts/0").status_code == 422
+    with TestClient(create_app(client.settings), headers={"Authorization": f"Bearer {key_of['bob']}"}) as http:
+        assert http.get(f"/jobs/{job}/items/1/artifacts/1").status_code == 404  # not bob's job
