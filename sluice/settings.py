@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         description="Queued chunks of other jobs merged into a small chunk's run (chunk_size items in all).",
     )
     max_item_chars: int = Field(2_000_000, ge=1, description="Longest text field accepted at submit.")
+    max_artifact_bytes: int = Field(
+        64 * 2**20,
+        ge=1,
+        description="Most bytes an item's artifacts (audio, masks, images) may hold together; over it, the item fails.",
+    )
     max_attempts: int = Field(3, ge=1, description="Deliveries of a chunk before its items fail.")
     visibility_timeout: int = Field(3600, ge=60, description="Seconds before Redis redelivers unacked work.")
     lease_seconds: int = Field(

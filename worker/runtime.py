@@ -28,7 +28,7 @@ from worker.hooks import Hooks
 from worker.outage import Outage
 from worker.residency import ModelPool
 from worker.timelimit import ChunkTimedOut, ChunkTimeLimitError, time_limit
-from worker.writer import ResultWriter
+from worker.writer import ResultWriter, cap_artifacts
 
 log = logging.getLogger("sluice.worker")
 
@@ -253,7 +253,7 @@ class WorkerRuntime:
                 by_job: dict[str, list[ItemResult]] = {}
                 for r in results:
                     job_id, r.item = keys[r.item]
-                    by_job.setdefault(job_id, []).append(r)
+                    by_job.setdefault(job_id, []).append(cap_artifacts(r, s.max_artifact_bytes))
                 totals.add(stats)
                 self.hooks.batch_finished(model, stats, len(results))  # before its results are queued
                 writer.put(by_job)

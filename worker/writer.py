@@ -25,6 +25,23 @@ log = logging.getLogger("sluice.worker")
 QUEUE_DEPTH = 2
 
 
+def cap_artifacts(result: ItemResult, limit: int) -> ItemResult:
+    """``result``, or an error in its place when its artifacts together pass ``limit`` bytes.
+
+    An artifact is stored in one database row (PostgreSQL refuses a ``bytea`` over 1 GB, and a
+    huge one stalls the writer's transaction for the whole batch): such an item fails alone, with
+    what to change, instead of failing its batch or the chunk.
+    """
+    size = sum(len(a.data) for a in result.artifacts)
+    if size <= limit:
+        return result
+    return ItemResult(
+        item=result.item, n_tokens=result.n_tokens, compute_ms=result.compute_ms,
+        error=f"ItemError: its artifacts hold {size:,} bytes, over SLUICE_MAX_ARTIFACT_BYTES ({limit:,}); "
+        "send a smaller input or raise the limit",
+    )  # fmt: skip
+
+
 class ResultWriter:
     """Writes ``{job id: results}`` batches in order, each in its own transaction, off the caller's thread.
 

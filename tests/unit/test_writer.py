@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from sluice.families.base import ItemResult
+from sluice.families.base import Artifact, ItemResult
 from sluice.ledger import Written
 from sluice.settings import Settings
 from worker.hooks import Hooks
-from worker.writer import ResultWriter
+from worker.writer import ResultWriter, cap_artifacts
 
 
 class FakeStore:
@@ -80,3 +80,18 @@ def test_cancellation_is_checked_after_every_write() -> None:
     with _writer(store) as writer:
         writer.put(_batch(1))
     assert writer.cancelled and len(store.writes) == 2
+
+
+def test_an_item_whose_artifacts_pass_the_cap_fails_alone_with_what_to_change() -> None:
+    small = ItemResult(
+        item=3, output={"n": 1}, artifacts=[Artifact("audio/wav", b"x" * 60), Artifact("image/png", b"y" * 40)]
+    )
+    assert cap_artifacts(small, 100) is small  # 100 bytes in all: at the cap, kept
+    big = cap_artifacts(small, 99)
+    assert (big.item, big.output, big.artifacts) == (3, None, [])
+    assert big.error == (
+        "ItemError: its artifacts hold 100 bytes, over SLUICE_MAX_ARTIFACT_BYTES (99); "
+        "send a smaller input or raise the limit"
+    )
+    plain = ItemResult(item=4, label="x", score=1.0)
+    assert cap_artifacts(plain, 1) is plain
