@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from sluice.clock import as_utc
 from sluice.errors import ValidationError
 from sluice.settings import Settings
 
@@ -83,6 +85,27 @@ def print_status(client: Any, info: Any, out: TextIO) -> None:
     print(f"  done={info.done} failed={info.failed}  elapsed={elapsed}  throughput={rate}", file=out)
     if info.waiting_reason:
         print(f"  {info.waiting_reason}", file=out)
+    delivery = client.ledger.webhook_delivery(info.id)
+    if delivery is not None:
+        print(f"  callback: {callback_line(delivery)}", file=out)
+
+
+def callback_line(d: Any) -> str:
+    """Where a job's callback stands (a :class:`~sluice.ledger.webhooks.DeliveryInfo`). The URL is
+    shown without its query string, which may carry a token."""
+    url = d.url.split("?", 1)[0]
+    last = f"HTTP {d.last_status_code}" if d.last_status_code is not None and not d.last_error else d.last_error
+    tries = f"{d.attempts} attempt{'s' if d.attempts != 1 else ''}"
+    if d.status.value == "delivered":
+        return f"delivered to {url} ({tries}, {last}) at {_utc(d.delivered_at)}"
+    if d.status.value == "failed":
+        return f"failed to reach {url} after {tries}; last: {last}"
+    after = f" after {tries}; last: {last}" if d.attempts else ""
+    return f"pending to {url}{after}; next attempt at {_utc(d.next_attempt_at)}"
+
+
+def _utc(moment: datetime) -> str:
+    return f"{as_utc(moment).astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,6 +9,7 @@ it once, attempts run out into ``failed``, and a host taken off the allow-list i
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -21,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from sluice.api.app import create_app
 from sluice.cli import main
+from sluice.data_commands import print_status
 from sluice.ledger import DeliveryInfo, Ledger, NewJob
 from sluice.settings import Settings, get_settings
 from sluice.status import DeliveryStatus, JobStatus
@@ -84,6 +86,9 @@ def test_a_finished_job_calls_back_after_failed_attempts_and_only_once(stack: St
         }  # fmt: skip
         assert (row.attempts, row.last_status_code, row.last_error) == (3, 200, None)
         assert row.delivered_at is not None and row.url == hook.url
+        shown = io.StringIO()
+        print_status(stack.client, stack.client.status(job), shown)  # what `sluice status JOB` prints
+        assert f"  callback: delivered to {hook.url} (3 attempts, HTTP 200) at " in shown.getvalue()
         # A sweep now (what `sluice reconcile --every` runs) finds nothing to send again.
         assert job not in deliver_due(stack.client.ledger, stack.settings).attempted
         assert len(hook.of(job)) == 3
