@@ -13,9 +13,9 @@ A ``key`` field (or the ``key_column``) becomes the item's key and ``text_column
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ __all__ = ["READERS", "InvalidRecord", "Keyed", "Record", "read_input"]
 
 #: Longest CSV cell read (characters); longer documents are refused at validation anyway.
 CSV_FIELD_LIMIT = 2**31 - 1
+_UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 def _decode(raw: bytes, where: str) -> str | InvalidRecord:
@@ -86,14 +87,11 @@ def _json_object(raw: bytes, where: str) -> dict[str, Any] | InvalidRecord:
 
 
 def read_csv(path: Path, *, text_column: str | None = None, key_column: str | None = None) -> Iterator[Record]:
-    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
-    text = _decode(raw, path.name)
-    if isinstance(text, InvalidRecord):
-        raise ValidationError(text.error)
+    """A CSV file's rows (a header row first), read a line at a time: a large file is never in memory whole."""
     # A cell holds a whole document: lift the csv module's 128 KiB cell limit (a process-wide
     # setting), so that documents are bounded by SLUICE_MAX_ITEM_CHARS at validation instead.
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(_csv_lines(path))
     try:
         if not reader.fieldnames:
             return
@@ -104,6 +102,21 @@ def read_csv(path: Path, *, text_column: str | None = None, key_column: str | No
             yield keyed_record(fields, where, text_column=text_column, key_column=key_column)
     except csv.Error as exc:
         raise ValidationError(f"{path.name} line {reader.line_num}: not valid CSV ({exc})") from None
+
+
+def _csv_lines(path: Path) -> Iterator[str]:
+    """The file's lines, endings kept (the csv module joins a quoted cell's lines itself; ``\\r``,
+    ``\\n`` and ``\\r\\n`` all end one), decoded as they are read. A byte that is not UTF-8 stops the
+    read with its line: in a CSV one bad line may be the middle of a cell, not an item of its own."""
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        for number, line in enumerate(fh, start=1):
+            bad = _UNDECODED.search(line)  # surrogateescape keeps each bad byte as U+DC80..U+DCFF
+            if bad is not None:
+                raise ValidationError(
+                    f"{path.name} line {number}: not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at "
+                    f"column {bad.start() + 1}); re-encode the file as UTF-8"
+                )
+            yield line
 
 
 def read_parquet(path: Path, *, text_column: str | None = None, key_column: str | None = None) -> Iterator[Record]:

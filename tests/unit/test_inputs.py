@@ -35,3 +35,15 @@ def test_unsupported_or_missing_file(tmp_path: Path) -> None:
         read_input(tmp_path / "x.xlsx")
     with pytest.raises(ValidationError, match="does not exist"):
         read_input(tmp_path / "missing.jsonl")
+
+
+def test_csv_is_read_a_line_at_a_time_with_quoted_newlines_bom_and_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_bytes(b'\xef\xbb\xbftext,lang\r\n"two\r\nlines, one cell",en\r\nok,fr\r\nbad \xff here,de\r\n')
+    rows = read_input(path)
+    assert next(rows) == {"text": "two\r\nlines, one cell", "lang": "en"}  # the bad line 5 is not read yet
+    assert next(rows) == {"text": "ok", "lang": "fr"}
+    with pytest.raises(ValidationError, match=r"c\.csv line 5: not valid UTF-8 \(byte 0xff at column 5\)"):
+        next(rows)
+    (tmp_path / "mac.csv").write_bytes(b"text,lang\rold,mac\r")  # classic Mac line endings
+    assert list(read_input(tmp_path / "mac.csv")) == [{"text": "old", "lang": "mac"}]
