@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -74,15 +74,23 @@ def family_bytes(family: TaskFamily) -> tuple[int, str | None]:
 
     seen: set[int] = set()
     total, dtype = 0, None
-    for value in vars(family).values():
-        if not isinstance(value, torch.nn.Module):
-            continue
-        for t in itertools.chain(value.parameters(), value.buffers()):
+    for module in _modules(vars(family).values(), torch.nn.Module):
+        for t in itertools.chain(module.parameters(), module.buffers()):
             if id(t) not in seen:  # tied weights count once
                 seen.add(id(t))
                 total += t.numel() * t.element_size()
                 dtype = dtype or str(t.dtype).removeprefix("torch.")
     return total, dtype
+
+
+def _modules(values: Iterable[Any], kind: type) -> Iterator[Any]:
+    """The modules among ``values``, and those one container down: a family keeps some in a dict
+    (a generation family's assistant models, loaded on first use, by name)."""
+    for value in values:
+        for item in value.values() if isinstance(value, dict) else (value,):
+            for part in item if isinstance(item, tuple | list) else (item,):
+                if isinstance(part, kind):
+                    yield part
 
 
 def weight_file_bytes(spec: ModelSpec) -> int:
@@ -250,11 +258,24 @@ class ModelPool:
             self.on_change()
 
     def record(self, name: str, stats: BatchStats) -> None:
-        """Add a run's batch statistics to the model's totals (reported as padding efficiency)."""
+        """Add a run's batch statistics to the model's totals (reported as padding efficiency), and
+        measure the model again: a run may have loaded more weights (an assistant model), which
+        count toward the budget as the model's own and may send least recently used ones out."""
         with self._lock:
             resident = self._residents.get(name)
             if resident is not None:
                 resident.work.add(stats)
+        if resident is None:
+            return
+        size, _ = self._measure(resident.family)
+        if size == resident.bytes:
+            return
+        log.info("model %s now holds %s (was %s)", name, format_size(size), format_size(resident.bytes))
+        with self._lock:
+            resident.bytes = self._measured[name] = size
+        others = [c for c in self._candidates() if c.name != name]
+        self._evict(lru_victims(others, size, self.budget), for_model=name)
+        self._changed()
 
     def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """JSON-ready resident models and recent evictions, for the workers row."""

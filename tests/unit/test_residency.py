@@ -190,3 +190,25 @@ def test_forward_work_is_totalled_per_model_and_printed_as_padding_efficiency() 
     row = worker("w@h", ["sluice"], live=True)
     text = describe_worker(replace(row, models=(model,)))
     assert "4 inputs in 0.8s of forward passes, padding efficiency 0.800 (real / padded tokens)" in text
+
+
+def test_weights_a_run_loads_count_and_can_send_others_out() -> None:
+    """A generation family loads its assistant model on first use: the pool measures after each run."""
+    pool, changes = fake_pool({"a": 100, "main": 100}, budget=250)
+    pool.get("a")
+    family = pool.get("main")
+    family.size = 180  # type: ignore[attr-defined]  # its assistant came in during the run
+    pool.record("main", BatchStats())
+    assert sorted(pool.loaded) == ["main"] and pool.used_bytes == 180  # a was least recently used
+    assert changes[-2:] == ["main", "main"]  # the eviction, then the new size
+    pool.record("main", BatchStats())  # no change: nothing reported
+    assert len(changes) == 4
+
+
+def test_family_bytes_counts_modules_kept_by_name() -> None:
+    class Generation:
+        def __init__(self) -> None:
+            self.model = torch.nn.Linear(4, 3)  # 15 float32
+            self.assistants = {"small": (torch.nn.Linear(2, 2), {"config": 1})}  # 6 float32, with its config
+
+    assert family_bytes(Generation()) == ((15 + 6) * 4, "float32")  # type: ignore[arg-type]
