@@ -15,7 +15,7 @@ from functools import cache
 from sluice.errors import ConfigError
 from sluice.families.base import TaskFamily
 
-_SKIP = {"base", "collate", "common", "donut", "generation", "generation_alone", "generation_options",
+_SKIP = {"bark_speech", "base", "collate", "common", "donut", "generation", "generation_alone", "generation_options",
          "generation_scoring", "hf", "images", "vision_generation"}  # fmt: skip
 
 

@@ -1,25 +1,29 @@
 """``text-to-speech`` (alias ``text-to-audio``): speech for each item's ``text``, stored as a WAV file.
 
 Models: VITS / MMS-TTS (``VitsModel``, any ``AutoModelForTextToWaveform`` that returns a
-``waveform``), and SpeechT5 (``SpeechT5ForTextToSpeech``) with the HiFi-GAN vocoder
-(``SpeechT5HifiGan``) that the registry entry names as a local directory (``vocoder = "DIR"``,
-resolved like ``path``, or relative to the model directory; it is never downloaded), loaded once
-with the model. SpeechT5 speaks with a speaker embedding (an x-vector): the item's
-``speaker_embedding`` (a list of floats), else the entry's ``speaker_embedding`` file (``.npy``,
-read without pickle, or a ``.json`` list; found like ``vocoder``).
+``waveform``), Bark (``BarkModel``; what is Bark's own is in :mod:`sluice.families.bark_speech`),
+and SpeechT5 (``SpeechT5ForTextToSpeech``) with the HiFi-GAN vocoder (``SpeechT5HifiGan``) that
+the registry entry names as a local directory (``vocoder = "DIR"``, resolved like ``path``, or
+relative to the model directory; it is never downloaded), loaded once with the model. SpeechT5
+speaks with a speaker embedding (an x-vector): the item's ``speaker_embedding`` (a list of
+floats), else the entry's ``speaker_embedding`` file (``.npy``, read without pickle, or a
+``.json`` list; found like ``vocoder``).
 
 Each item's result is one artifact, ``Artifact("audio/wav", ...)``: mono 16-bit PCM at the
 model's sampling rate (the vocoder's for SpeechT5), the waveform clipped to [-1, 1] and scaled by
 32767, written with the standard library's ``wave``; ``output`` holds ``sampling_rate``,
 ``n_samples`` and ``duration_s``.
 
-**Randomness and batches.** Both models sample: VITS draws noise for its duration predictor and
-its prior (``noise_scale``), SpeechT5 applies dropout in its decoder pre-net at inference. The
-noise is drawn for the whole padded batch, so a row's voice would depend on its batch-mates (and
-VITS's padded rows change length and tail even with the noise scales at 0: measured, see the
-README). So every item runs alone (its padding removed) with the global generator seeded by its
-own seed, ``seed + item`` (job ``seed``, default 0), inside ``torch.random.fork_rng``: the same
-waveform as ``torch.manual_seed(seed + item)`` then ``pipeline("text-to-audio")`` on that text.
+**Randomness and batches.** All three models sample: VITS draws noise for its duration predictor
+and its prior (``noise_scale``), SpeechT5 applies dropout in its decoder pre-net at inference, and
+Bark samples its semantic and coarse tokens where its generation config sets ``do_sample`` (and
+its fine codes at a fine ``temperature`` other than 1). The noise is drawn for the whole padded
+batch, so a row's voice would depend on its batch-mates (and VITS's padded rows change length and
+tail even with the noise scales at 0: measured, see the README; a Bark batch generates until its
+longest row ends). So every item runs alone (its padding between items removed; Bark's padding to
+its processor's ``max_length`` kept) with the global generator seeded by its own seed,
+``seed + item`` (job ``seed``, default 0), inside ``torch.random.fork_rng``: the same waveform as
+``torch.manual_seed(seed + item)`` then ``pipeline("text-to-audio")`` on that text.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sluice.errors import ConfigError, ItemError, ValidationError
+from sluice.families import bark_speech
 from sluice.families.base import Artifact, Feature, ItemResult, TaskFamily
 from sluice.families.common import text_field
 from sluice.families.generation_options import RULES, item_seed
@@ -43,8 +48,10 @@ from sluice.settings import Settings
 
 #: most floats an item's speaker embedding may hold (SpeechT5's x-vectors have 512)
 MAX_EMBEDDING = 8192
-#: the ``model_type`` values this family can run (Bark, MusicGen, ... generate differently)
-SUPPORTED = ("vits", "speecht5")
+#: the ``model_type`` values this family can run (MusicGen, SeamlessM4T, ... generate differently)
+SUPPORTED = ("vits", "speecht5", "bark")
+#: what the refusal of another model type says the family runs
+RUNS = "VITS / MMS-TTS, SpeechT5 and Bark"
 
 
 class TextToSpeech(TaskFamily):
@@ -58,6 +65,10 @@ class TextToSpeech(TaskFamily):
     speaker: Any
     sampling_rate: int
     max_tokens: int | None
+    #: the model's ``model_type`` (None: not read from its config.json)
+    kind: str | None
+    #: tokenizer arguments besides the texts (Bark's are the pipeline's; none for the others)
+    encode_kwargs: dict[str, Any]
 
     # submit time -------------------------------------------------------------------------
     @classmethod
@@ -74,8 +85,7 @@ class TextToSpeech(TaskFamily):
         _check_options(fields, f"item {item}")
         kind = model_type(spec.path)
         if kind is not None and kind not in SUPPORTED:
-            raise ValidationError(f"item {item}: model {spec.name!r} is a {kind} model; {cls.task} runs VITS / "
-                                  "MMS-TTS and SpeechT5")  # fmt: skip
+            raise ValidationError(f"item {item}: model {spec.name!r} is a {kind} model; {cls.task} runs {RUNS}")
         needs_speaker = model_type(spec.path) == "speecht5" and "speaker_embedding" not in spec.options
         if needs_speaker and fields.get("speaker_embedding") is None:
             raise ValidationError(
@@ -94,13 +104,16 @@ class TextToSpeech(TaskFamily):
         remote = self.spec.trust_remote_code
         dtype = torch_dtype(self.spec.dtype) if self.device.startswith("cuda") else torch_dtype("float32")
         self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path, trust_remote_code=remote)
-        self.vocoder, self.speaker = None, None
-        kind = model_type(self.spec.path)
+        self.vocoder, self.speaker, self.encode_kwargs = None, None, {}
+        self.kind = kind = model_type(self.spec.path)
         if kind is not None and kind not in SUPPORTED:
-            raise ConfigError(
-                f"model {self.spec.name!r} is a {kind} model; {self.task} runs VITS / MMS-TTS and SpeechT5"
-            )
-        if kind == "speecht5":
+            raise ConfigError(f"model {self.spec.name!r} is a {kind} model; {self.task} runs {RUNS}")
+        if kind == "bark":
+            self.model = bark_speech.load(self.spec.path, dtype)
+            self.sampling_rate = bark_speech.sampling_rate(self.model)
+            self.max_tokens = bark_speech.max_text_tokens(self.model)
+            self.encode_kwargs = bark_speech.encode_kwargs(self.model)
+        elif kind == "speecht5":
             self.model = transformers.SpeechT5ForTextToSpeech.from_pretrained(self.spec.path, dtype=dtype)
             self.vocoder = _vocoder(self.spec, dtype).to(self.device).eval()
             self.sampling_rate = int(self.vocoder.config.sampling_rate)
@@ -122,20 +135,23 @@ class TextToSpeech(TaskFamily):
 
     def preprocess_many(self, items: list[tuple[int, dict[str, Any]]]) -> list[list[Feature] | ItemResult]:
         """Every text tokenised in one call, as the pipeline tokenises it; an unusable item fails alone."""
-        encoded = self.tokenizer([str(fields["text"]) for _, fields in items])["input_ids"]
+        encoded = self.tokenizer([str(fields["text"]) for _, fields in items], **self.encode_kwargs)
+        masks = encoded.get("attention_mask") or [[1] * len(ids) for ids in encoded["input_ids"]]
         out: list[list[Feature] | ItemResult] = []
-        for (item, fields), ids in zip(items, encoded, strict=True):
+        for (item, fields), ids, mask in zip(items, encoded["input_ids"], masks, strict=True):
             try:
-                out.append([self.feature(item, fields, list(ids))])
+                out.append([self.feature(item, fields, list(ids), list(mask))])
             except ItemError as exc:
                 out.append(ItemResult(item=item, error=str(exc)))
         return out
 
-    def feature(self, item: int, fields: dict[str, Any], ids: list[int]) -> Feature:
-        if not ids:
+    def feature(self, item: int, fields: dict[str, Any], ids: list[int], mask: list[int]) -> Feature:
+        """One item's tokens (Bark's padded as its processor pads them; ``length`` counts the text's)."""
+        length = sum(mask)
+        if not length:
             raise ItemError("the text has nothing this model's tokenizer can speak")
-        if self.max_tokens and len(ids) > self.max_tokens:
-            raise ItemError(f"the text is {len(ids)} tokens, over the model's {self.max_tokens}; split it")
+        if self.max_tokens and length > self.max_tokens:
+            raise ItemError(f"the text is {length} tokens, over the model's {self.max_tokens}; split it")
         speaker = fields.get("speaker_embedding")
         if self.vocoder is not None:
             speaker = speaker if speaker is not None else self.speaker
@@ -144,26 +160,30 @@ class TextToSpeech(TaskFamily):
                 got = "none" if speaker is None else f"{len(speaker)} floats"
                 raise ItemError(f"speaker_embedding must hold {size} floats for this model, got {got}")
         meta = {"seed": item_seed(int(fields.get("seed") or 0), item), "speaker": speaker}
-        return Feature(item=item, ids={"input_ids": ids}, length=len(ids), meta=meta)
+        return Feature(item=item, ids={"input_ids": ids, "attention_mask": mask}, length=length, meta=meta)
 
     def collate(self, features: list[Feature]) -> dict[str, Any]:
-        """No padding: every item runs alone (see the module docstring)."""
+        """No padding between items: every item runs alone (see the module docstring)."""
         import torch
 
-        return {"rows": [(torch.tensor([f.ids["input_ids"]], device=self.device), f.meta) for f in features]}
+        def row(f: Feature, key: str) -> Any:
+            return torch.tensor([f.ids[key]], device=self.device)
+
+        return {"rows": [(row(f, "input_ids"), row(f, "attention_mask"), f.meta) for f in features]}
 
     def forward(self, batch: dict[str, Any]) -> Any:
-        return [self.speak(ids, meta) for ids, meta in batch["rows"]]
+        return [self.speak(ids, mask, meta) for ids, mask, meta in batch["rows"]]
 
-    def speak(self, ids: Any, meta: dict[str, Any]) -> np.ndarray:
+    def speak(self, ids: Any, mask: Any, meta: dict[str, Any]) -> np.ndarray:
         """One item's waveform (float32), seeded with its own seed."""
         import torch
 
         devices = [torch.device(self.device).index or 0] if self.device.startswith("cuda") else []
-        mask = torch.ones_like(ids)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(meta["seed"])
-            if self.vocoder is None:
+            if self.kind == "bark":
+                waveform = bark_speech.generate(self.model, ids, mask)
+            elif self.vocoder is None:
                 waveform = self.model(input_ids=ids, attention_mask=mask).waveform
             else:
                 speaker = torch.tensor([meta["speaker"]], dtype=self.model.dtype, device=self.device)

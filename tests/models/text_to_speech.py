@@ -1,4 +1,4 @@
-"""Oracle cases for ``text-to-speech``: tiny VITS and SpeechT5 (+ HiFi-GAN) against ``pipeline("text-to-audio")``.
+"""Oracle cases for ``text-to-speech``: tiny VITS, SpeechT5 (+ HiFi-GAN) and Bark against ``pipeline("text-to-audio")``.
 
 Each item alone through the pipeline after ``torch.manual_seed(seed + item)``; Sluice's WAV
 artifact, read back, must equal the pipeline's waveform (clipped to [-1, 1]) within 1e-4 (16-bit
@@ -72,6 +72,77 @@ def build_speecht5(path: Path, seed: int = 0) -> Path:
     return path
 
 
+# Bark's token layout, shrunk: semantic tokens [0, S) with S the end; text tokens after TEXT_OFFSET
+# (+ the text pad and the "infer" token); coarse tokens S + codebook * C + code; fine codes [0, C).
+BARK_S, BARK_C, BARK_TEXT_OFFSET, BARK_TEXT = 32, 16, 40, 600
+BARK_MAX_TEXT = 32  # max_input_semantic_length: text tokens the semantic model reads
+
+
+def _bark_generation_config() -> dict[str, Any]:
+    """``generation_config.json`` of the tiny Bark: every stage short (16 semantic tokens at most,
+    coarse windows of 16, fine windows of 32), semantic and coarse sampled, fine at temperature 0.5."""
+    from transformers.models.bark.generation_configuration_bark import BarkGenerationConfig
+
+    s, c, text_pad = BARK_S, BARK_C, BARK_TEXT_OFFSET + BARK_TEXT
+    config = BarkGenerationConfig(
+        semantic_config=dict(eos_token_id=s, max_new_tokens=16, min_new_tokens=4, do_sample=True,
+                             text_encoding_offset=BARK_TEXT_OFFSET, text_pad_token=text_pad,
+                             semantic_infer_token=text_pad + 1, semantic_vocab_size=s,
+                             max_input_semantic_length=BARK_MAX_TEXT),
+        coarse_acoustics_config=dict(do_sample=True, coarse_semantic_pad_token=s + 2 * c,
+                                     coarse_infer_token=s + 2 * c + 1, max_coarse_input_length=16,
+                                     max_coarse_history=32, sliding_window_len=16, n_coarse_codebooks=2),
+        fine_acoustics_config=dict(temperature=0.5, max_fine_history_length=16, max_fine_input_length=32,
+                                   n_fine_codebooks=4),
+        sample_rate=24000, codebook_size=c,
+    )  # fmt: skip
+    return dict(config.to_dict())
+
+
+def build_bark(path: Path, seed: int = 0) -> Path:
+    """A Bark (``BarkModel``): three 2-layer GPTs of width 16 and an EnCodec with 4 codebooks of 16
+    codes, a WordPiece tokenizer saved by a ``BarkProcessor``; a clip takes a few hundredths of a second."""
+    import torch
+    from transformers import (
+        BarkCoarseConfig,
+        BarkConfig,
+        BarkFineConfig,
+        BarkModel,
+        BarkProcessor,
+        BarkSemanticConfig,
+        EncodecConfig,
+    )
+
+    s, c, small = BARK_S, BARK_C, dict(hidden_size=16, num_layers=2, num_heads=2)
+    torch.manual_seed(seed)
+    config = BarkConfig(
+        semantic_config=BarkSemanticConfig(input_vocab_size=BARK_TEXT_OFFSET + BARK_TEXT + 8, output_vocab_size=s + 8,
+                                           block_size=64, **small).to_dict(),
+        coarse_acoustics_config=BarkCoarseConfig(input_vocab_size=s + 2 * c + 8, output_vocab_size=s + 2 * c,
+                                                 block_size=96, **small).to_dict(),
+        fine_acoustics_config=BarkFineConfig(input_vocab_size=c + 1, output_vocab_size=c + 1, block_size=32,
+                                             n_codes_total=4, n_codes_given=1, **small).to_dict(),
+        # 4 codebooks: 1000 * 12 kbps // (750 frames/s * 4 bits); a frame is 32 samples at 24 kHz
+        codec_config=EncodecConfig(target_bandwidths=[12.0], sampling_rate=24000, hidden_size=16, num_filters=4,
+                                   upsampling_ratios=[8, 4], codebook_size=c, num_lstm_layers=1, kernel_size=3,
+                                   last_kernel_size=3).to_dict(),
+    )  # fmt: skip
+    model = BarkModel(config).eval()
+    with torch.no_grad():
+        for layer in model.codec_model.quantizer.layers:  # EnCodec initialises its codebooks to zeros: all codes alike
+            layer.codebook.embed.normal_()
+        model.semantic.lm_head.weight.mul_(10.0)  # sharper semantic draws, so seeds matter ...
+        model.semantic.lm_head.weight[s].mul_(3.0)  # ... and clips end after a varying number of tokens
+        model.codec_model.decoder.layers[-1].conv.parametrizations.weight.original0.mul_(5.0)  # louder, within [-1, 1]
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    # BarkGenerationConfig.save_pretrained fails in transformers 5 (it skips GenerationConfig's
+    # __init__); its dict is what a Bark checkpoint's generation_config.json holds.
+    (path / "generation_config.json").write_text(json.dumps(_bark_generation_config(), indent=2), encoding="utf-8")
+    BarkProcessor(build_wordpiece()).save_pretrained(path)
+    return path
+
+
 def _inputs(n: int, seed: int, speakers: bool = False) -> list[dict[str, Any]]:
     texts = [t[:48] or "ok" for t in mixed_texts(n, seed=seed)]
     rng = np.random.default_rng(seed)
@@ -132,4 +203,6 @@ CASES = [
                params={"seed": 4}),
     OracleCase("tiny-speecht5", "text-to-audio", build_speecht5, lambda: _inputs(6, 22, speakers=True),
                pipeline_rows, check, registry={"vocoder": "vocoder", "speaker_embedding": "speaker.npy"}),
+    OracleCase("tiny-bark", "text-to-speech", build_bark, lambda: _inputs(4, 23), pipeline_rows, check,
+               params={"seed": 11}),
 ]  # fmt: skip

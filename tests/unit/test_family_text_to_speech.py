@@ -21,7 +21,7 @@ from sluice.families import family_for
 from sluice.families.text_to_speech import TextToAudio, TextToSpeech, read_wav, wav_bytes
 from sluice.registry import ModelSpec
 from sluice.settings import Settings
-from tests.models.text_to_speech import SPEAKER_DIM, build_speecht5, build_vits
+from tests.models.text_to_speech import BARK_MAX_TEXT, SPEAKER_DIM, build_bark, build_speecht5, build_vits
 from worker.engine import Engine
 
 
@@ -33,6 +33,11 @@ def vits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def speecht5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_speecht5(tmp_path_factory.mktemp("models") / "tiny-speecht5")
+
+
+@pytest.fixture(scope="module")
+def bark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bark(tmp_path_factory.mktemp("models") / "tiny-bark")
 
 
 def loaded(path: Path, **options: Any) -> TextToSpeech:
@@ -69,11 +74,11 @@ def test_submit_checks(speecht5: Path) -> None:
     assert message is not None and "speaks with a speaker embedding" in message
     assert problem({"text": "x", "speaker_embedding": [0.1] * SPEAKER_DIM}, str(speecht5)) is None
     assert problem({"text": "x"}, str(speecht5), speaker_embedding="speaker.npy") is None
-    bark = speecht5.parent / "bark"
-    bark.mkdir(exist_ok=True)
-    (bark / "config.json").write_text('{"model_type": "bark"}')
-    assert "is a bark model; text-to-speech runs VITS / MMS-TTS and SpeechT5" in (
-        problem({"text": "x"}, str(bark)) or ""
+    musicgen = speecht5.parent / "musicgen"
+    musicgen.mkdir(exist_ok=True)
+    (musicgen / "config.json").write_text('{"model_type": "musicgen"}')
+    assert "is a musicgen model; text-to-speech runs VITS / MMS-TTS, SpeechT5 and Bark" in (
+        problem({"text": "x"}, str(musicgen)) or ""
     )
     with pytest.raises(ValidationError, match="unknown option"):
         TextToSpeech.validate_params({"voice": "x"}, ModelSpec(name="tts", task="text-to-speech", path="/nowhere"))
@@ -140,3 +145,45 @@ def test_speecht5_never_downloads_its_vocoder(speecht5: Path, tmp_path: Path) ->
     copy = shutil.copytree(speecht5, tmp_path / "no-vocoder", ignore=shutil.ignore_patterns("vocoder"))
     with pytest.raises(ConfigError, match="microsoft/speecht5_hifigan"):
         loaded(copy, vocoder="microsoft/speecht5_hifigan")
+
+
+def test_bark_is_accepted_at_submit(bark: Path) -> None:
+    assert problem({"text": "hello", "seed": 3}, str(bark)) is None
+    # Bark needs no speaker embedding (its voice presets are not supported).
+    assert problem({"text": "hello"}, str(bark)) is None
+
+
+def test_bark_items_keep_their_voice_whatever_their_batch_mates(bark: Path) -> None:
+    family = loaded(bark)
+    assert family.sampling_rate == 24000 and family.max_tokens == BARK_MAX_TEXT
+    texts = ["hello there", "a rather longer sentence to speak", "hello there"]
+    items = [(i, {"text": text, "seed": 5}) for i, text in enumerate(texts)]
+    together, alone = run(family, items), run(family, items, max_size=1)
+    # Item 2 again, beside other batch-mates (other texts, other seeds).
+    others = run(family, [(2, {"text": "hello there", "seed": 5}), (0, {"text": "zzz", "seed": 1}),
+                          (1, {"text": "bye", "seed": 8})])  # fmt: skip
+    for i, _ in items:
+        assert together[i].error is None and together[i].artifacts == alone[i].artifacts
+        assert together[i].output == alone[i].output
+    assert others[2].artifacts == together[2].artifacts
+    # The same text as items 0 and 2 speaks with seeds 5 and 7: two clips.
+    assert together[0].artifacts != together[2].artifacts
+    waveform, rate = read_wav(together[1].artifacts[0].data)
+    assert rate == 24000 and waveform.shape[0] % 32 == 0  # whole EnCodec frames of 32 samples
+    assert together[1].output == {"sampling_rate": rate, "n_samples": waveform.shape[0],
+                                  "duration_s": round(waveform.shape[0] / rate, 6)}  # fmt: skip
+
+
+def test_bark_seeds_change_the_clip_and_long_texts_are_refused(bark: Path) -> None:
+    family = loaded(bark)
+    one, two, again = (run(family, [(0, {"text": "hello there", "seed": seed})])[0] for seed in (1, 2, 1))
+    assert one.artifacts == again.artifacts and one.artifacts != two.artifacts
+    first, second = (read_wav(row.artifacts[0].data)[0] for row in (one, two))
+    if first.shape == second.shape:  # the same length: the samples differ
+        assert float(np.abs(first - second).max()) > 0.01
+    # The semantic model reads BARK_MAX_TEXT tokens and would drop the rest: such a text fails alone.
+    text = "word " * 40
+    n = len(family.tokenizer(text, add_special_tokens=False)["input_ids"])
+    long = run(family, [(0, {"text": text}), (1, {"text": "ok"})])
+    assert long[0].error == f"the text is {n} tokens, over the model's {BARK_MAX_TEXT}; split it"
+    assert long[1].error is None
