@@ -36,6 +36,7 @@ from tests.models.text_generation import _bpe, build_gpt2, build_llama, favour_e
 
 TOL = 1e-4
 DRAFT = "tiny-gpt2-draft"
+BART_DRAFT = "tiny-bart-draft"
 #: a model directory without Python files: the hash trust_remote_code entries pin then
 EMPTY_CODE_SHA = manifest_sha256({})
 
@@ -132,7 +133,7 @@ def _stopped_at(tokenizer: Any, sequence: Any, start: int, stops: list[str]) -> 
     return None
 
 
-def _options(tokenizer: Any, params: dict[str, Any], path: Path) -> dict[str, Any]:
+def _options(tokenizer: Any, params: dict[str, Any], path: Path, auto_class: str) -> dict[str, Any]:
     """``generate()`` arguments for Sluice's params, translated as documented."""
     options = {k: v for k, v in params.items() if k not in ("seed", "stop", "bad_words", "assistant_model")}
     if params.get("stop"):
@@ -148,7 +149,8 @@ def _options(tokenizer: Any, params: dict[str, Any], path: Path) -> dict[str, An
         options["bad_words_ids"] = tokenizer(params["bad_words"], add_special_tokens=False)["input_ids"]
     if params.get("assistant_model"):
         name = params["assistant_model"]
-        options["assistant_model"] = load(next(c for c in CASES if c.model == name).build(path.parent / name))[1]
+        draft = next(c for c in CASES if c.model == name).build(path.parent / name)
+        options["assistant_model"] = load(draft, auto_class)[1]
     return options
 
 
@@ -163,7 +165,7 @@ def strategy_rows(path: Path, inputs: list[dict[str, Any]], params: dict[str, An
 
     tokenizer, model = load(path, auto_class)
     seq2seq = model.config.is_encoder_decoder
-    options = _options(tokenizer, params, path)
+    options = _options(tokenizer, params, path, auto_class)
     if custom is not None:
         options.update(custom_generate=str(custom), trust_remote_code=True)
     stop = params.get("stop") or []
@@ -242,6 +244,12 @@ CASES = [
                seq2seq_rows, check,
                params={"max_new_tokens": 10, "num_beams": 3, "num_return_sequences": 2, "bad_words": ["the"],
                        "stop": ["de", "aa"], "min_new_tokens": 1}),
+    OracleCase(BART_DRAFT, "summarization", lambda p: build_bart(p, seed=8), lambda: _inputs(4, 15), seq2seq_rows,
+               check, params={"max_new_tokens": 6}),
+    OracleCase("tiny-bart-assisted", "summarization", lambda p: build_bart(p, seed=9), lambda: _inputs(8, 16),
+               seq2seq_rows, check, params={"max_new_tokens": 10, "assistant_model": BART_DRAFT, "stop": "de"}),
+    OracleCase("tiny-bart-prompt-lookup", "summarization", lambda p: build_bart(p, seed=10), lambda: _inputs(8, 17),
+               seq2seq_rows, check, params={"max_new_tokens": 10, "prompt_lookup_num_tokens": 3}),
     OracleCase("tiny-gpt2-custom-generate", "text-generation", lambda p: build_gpt2(p, seed=7),
                lambda: _inputs(10, 12), custom_rows, check, params={"max_new_tokens": 10},
                registry={"trust_remote_code": True, "code_sha256": EMPTY_CODE_SHA,
