@@ -104,6 +104,14 @@ class Dispatcher:
         except (KombuOperationalError, RedisError, OSError) as exc:
             raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
 
+    def queue_size(self, queue: str) -> int:
+        """Messages waiting on ``queue``, all priority steps together (not those delivered and unacked)."""
+        try:
+            with self.app.connection_for_write() as conn:
+                return int(conn.default_channel._size(queue))
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
+
     def restore(self, deliveries: list[Unacked]) -> None:
         """Put these unacked deliveries back at the head of their queues."""
         try:

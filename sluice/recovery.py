@@ -12,7 +12,8 @@ A chunk leased by a worker that is gone (its heartbeat went stale, or it stopped
 the queue at once instead of waiting for the lease to expire; so do the chunks a restarted
 worker's previous incarnation held, when the new process starts under the same node name. A
 chunk message a worker received and died holding before it claimed the chunk is given back from
-Redis's unacked set (:mod:`sluice.unacked`) by every worker start and every reconcile pass.
+Redis's unacked set (:mod:`sluice.unacked`) by every worker start and every reconcile pass, and
+a queued chunk whose message is gone from an empty queue is sent again by every reconcile pass.
 ``sluice reconcile --every N`` (the Compose ``beat`` service) repeats all this periodically, and
 delivers due job callbacks (:mod:`sluice.webhooks`) on a thread of its own.
 
@@ -45,6 +46,26 @@ def stale_chunks(dispatcher: Dispatcher, include_queued: bool = False) -> dict[t
         if stranded and not include_queued and route(c.model, workers, dispatcher.settings.queue) not in reading:
             continue  # no queue serves the model now either: resending would only duplicate messages
         found.setdefault((c.job_id, c.priority), []).append(c.idx)
+    return found
+
+
+def orphaned_chunks(dispatcher: Dispatcher, older_than: float = CLAIM_GRACE_S) -> dict[tuple[str, int], list[int]]:
+    """(job id, priority) → queued chunks whose message is gone: sent ``older_than`` seconds ago or
+    more to a queue that is now empty, and held unacked by no worker.
+
+    Nothing else finds these: Redis evicted the queue under ``maxmemory`` (an ``allkeys-*`` policy),
+    someone deleted the key, or a worker was killed in the instant between popping the message and
+    recording it unacked. Only empty queues are looked at (a few ``LLEN``s per queue): a chunk
+    behind others waits its turn, and is found once its queue drains.
+    """
+    empty = [q for q in sorted(dispatcher.ledger.waiting_queues(older_than)) if dispatcher.queue_size(q) == 0]
+    if not empty:
+        return {}
+    held = {(d.job_id, d.idx) for d in dispatcher.unacked_chunks(0)}
+    found: dict[tuple[str, int], list[int]] = {}
+    for c in dispatcher.ledger.queued_on(empty, older_than):
+        if (c.job_id, c.idx) not in held:
+            found.setdefault((c.job_id, c.priority), []).append(c.idx)
     return found
 
 
@@ -120,6 +141,9 @@ def reconcile(dispatcher: Dispatcher, include_queued: bool = False, judge_worker
         log.warning("the broker lost its messages (or this is the first reconcile): re-sending every queued chunk")
         include_queued = True
     stale = stale_chunks(dispatcher, include_queued)
+    for key, chunks in ({} if include_queued else orphaned_chunks(dispatcher)).items():
+        log.warning("job %s: chunks %s wait on an empty queue and no worker holds them; re-sent", key[0], chunks)
+        stale[key] = sorted(set(stale.get(key, [])) | set(chunks))
     sent = 0
     for (job_id, priority), chunks in stale.items():
         if fresh := [idx for idx in chunks if (job_id, idx) not in requeued]:

@@ -70,6 +70,34 @@ class RecoveryLedger(LedgerBase):
         with self.engine.connect() as conn:
             return {(r.job_id, r.idx) for r in conn.execute(query)}
 
+    def waiting_queues(self, older_than: float) -> set[str]:
+        """The queues that queued chunks of active jobs were sent to ``older_than`` seconds ago or more."""
+        query = (
+            select(chunks.c.queue)
+            .distinct()
+            .join(jobs, jobs.c.id == chunks.c.job_id)
+            .where(*self._sent_before(older_than))
+        )
+        with self.engine.connect() as conn:
+            return {str(q) for q in conn.execute(query).scalars()}
+
+    def queued_on(self, queues: Collection[str], older_than: float) -> list[ChunkRef]:
+        """The queued chunks of active jobs sent to these queues ``older_than`` seconds ago or more."""
+        query = (
+            select(chunks.c.job_id, chunks.c.idx, jobs.c.priority, jobs.c.model, chunks.c.queue, chunks.c.status)
+            .join(jobs, jobs.c.id == chunks.c.job_id)
+            .where(*self._sent_before(older_than), chunks.c.queue.in_(list(queues)))
+            .order_by(chunks.c.job_id, chunks.c.idx)
+        )
+        with self.engine.connect() as conn:
+            return [ChunkRef(*r) for r in conn.execute(query)]
+
+    @staticmethod
+    def _sent_before(older_than: float) -> list[Any]:
+        sent = utcnow() - timedelta(seconds=older_than)
+        return [chunks.c.status == ChunkStatus.QUEUED.value, chunks.c.queue.is_not(None), chunks.c.enqueued_at < sent,
+                jobs.c.status.in_(ACTIVE_JOBS)]  # fmt: skip
+
     def resend_candidates(self, reading: Collection[str], include_queued: bool) -> list[ChunkRef]:
         """Chunks of active jobs whose message may be missing: running under an expired lease, never
         sent, on a queue no live worker reads (``reading`` are the queues read), or, with

@@ -8,6 +8,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -342,3 +343,45 @@ def test_a_message_whose_worker_died_before_claiming_is_given_back(
         channel.client.hdel(channel.unacked_key, tags[1], tags[2])
         channel.client.zrem(channel.unacked_index_key, tags[1], tags[2])
     assert isinstance(store.claim(job, 0, worker="alive@host"), Claim)  # the redelivery claims it at once
+
+
+def test_a_chunk_whose_message_is_gone_from_an_empty_queue_is_sent_again(
+    migrated_database_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    """Redis evicted the queue (maxmemory), or a worker died between popping a message and recording it."""
+    settings = make_settings(migrated_database_url, broker_url, tmp_path, chunk_size=4)
+    settings = settings.model_copy(update={"queue": f"{settings.queue}-{uuid.uuid4().hex[:8]}"})
+    client = Client(settings)
+    job = client.submit("minilm", [f"doc {i}" for i in range(12)])  # chunks 0, 1, 2, sent for real
+    reconcile(client.dispatcher)  # the first pass ever re-sends every queued chunk (no epoch marker yet)
+    with client.dispatcher.app.connection_for_write() as conn:
+        channel = conn.default_channel
+        assert len(_drain(channel, settings.queue)) == 6  # every message gone (each chunk was sent twice)
+        assert client.dispatcher.queue_size(settings.queue) == 0
+        assert reconcile(client.dispatcher) == 0  # sent a moment ago: a worker may be about to take them
+        with get_engine(settings.resolved_database_url).begin() as db:
+            db.execute(update(Chunk).where(Chunk.job_id == job).values(enqueued_at=utcnow() - timedelta(seconds=60)))
+        dead = conn.channel()  # chunk 2's message comes back and a worker is killed holding it, unclaimed
+        client.dispatcher.enqueue(job, [2], 0)
+        with get_engine(settings.resolved_database_url).begin() as db:
+            db.execute(update(Chunk).where(Chunk.job_id == job).values(enqueued_at=utcnow() - timedelta(seconds=60)))
+        taken = dead.basic_get(settings.queue, no_ack=False)
+        assert taken.payload[0] == [job, 2]
+        dead.do_restore = False
+        dead.close()
+        assert reconcile(client.dispatcher) == 2  # 0 and 1; chunk 2 is held unacked, and young there
+        assert sorted(m.payload[0][1] for m in _drain(channel, settings.queue)) == [0, 1]
+        client.dispatcher.enqueue(job, [0], 0)  # a queue with a message: whatever else is queued waits its turn
+        with get_engine(settings.resolved_database_url).begin() as db:
+            db.execute(update(Chunk).where(Chunk.job_id == job).values(enqueued_at=utcnow() - timedelta(seconds=60)))
+        assert reconcile(client.dispatcher) == 0
+        _drain(channel, settings.queue)
+        channel.client.hdel(channel.unacked_key, taken.delivery_tag)
+        channel.client.zrem(channel.unacked_index_key, taken.delivery_tag)
+
+
+def _drain(channel: Any, queue: str) -> list[Any]:
+    found = []
+    while (message := channel.basic_get(queue, no_ack=True)) is not None:
+        found.append(message)
+    return found
