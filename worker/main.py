@@ -16,6 +16,7 @@ from typing import Any
 
 from sluice.celery_app import create_app
 from sluice.dispatch import Dispatcher
+from sluice.errors import InfrastructureError
 from sluice.ledger import Ledger
 from sluice.routing import worker_queues
 from sluice.settings import Settings
@@ -94,7 +95,10 @@ def run_worker(
     worker_shutting_down.connect(lambda sig=None, **_: stop_signals.append(str(sig)), weak=False)
     # A node restarted under the same name (by the supervisor or Compose) gets back at once the
     # chunks its killed predecessor held, instead of after the lease or visibility timeout.
-    reclaim_own(dispatcher, node)
+    try:
+        reclaim_own(dispatcher, node)
+    except InfrastructureError as exc:  # Celery waits for the broker below; reconcile does this later
+        log.warning("could not reclaim at start (%s); sluice reconcile will", exc)
     presence.start()
     try:
         runtime.preload(models)
