@@ -39,7 +39,7 @@ def finished(http: httpx.Client, job: str) -> dict[str, Any] | None:
 
 def test_submit_follow_and_stream_results(api: ApiServer, stack: Stack) -> None:
     with api.client("alice") as http:
-        created = http.post("/jobs", json={"model": "minilm", "items": [*DOCS[:2], {"text": DOCS[2]}]})
+        created = http.post("/jobs", json={"model": "minilm", "items": [*DOCS[:2], {"text": DOCS[2], "key": "doc-3"}]})
         assert created.status_code == 201, created.text
         job = created.json()["id"]
         assert created.headers["location"] == f"/jobs/{job}" and created.json()["total"] == 3
@@ -48,6 +48,7 @@ def test_submit_follow_and_stream_results(api: ApiServer, stack: Stack) -> None:
         assert info["items_per_s"] > 0 and info["finished_at"]
 
         lines = http.get(f"/jobs/{job}/results").text.splitlines()
+        assert [json.loads(line).get("key") for line in lines] == [None, None, "doc-3"]  # the user's own id
         assert [json.loads(line) for line in lines] == json.loads(json.dumps(list(stack.client.results(job))))
         cli_csv = sluice(stack, "results", job, "--format", "csv").stdout  # text mode: \r\n read as \n
         assert http.get(f"/jobs/{job}/results", headers={"Accept": "text/csv"}).text.replace("\r\n", "\n") == cli_csv
