@@ -112,6 +112,16 @@ class Dispatcher:
         except (KombuOperationalError, RedisError, OSError) as exc:
             raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
 
+    def take_turn(self, name: str, seconds: float) -> bool:
+        """Whether this caller has the turn ``name`` for the next ``seconds`` (one Redis ``SET NX EX``
+        per deployment): work every worker could do, done by one of them per interval."""
+        try:
+            with self.app.connection_for_write() as conn:
+                key = f"{self.settings.queue}:turn:{name}"
+                return bool(conn.default_channel.client.set(key, "1", nx=True, ex=max(1, round(seconds))))
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
+
     def restore(self, deliveries: list[Unacked]) -> None:
         """Put these unacked deliveries back at the head of their queues."""
         try:

@@ -13,7 +13,8 @@ the queue at once instead of waiting for the lease to expire; so do the chunks a
 worker's previous incarnation held, when the new process starts under the same node name. A
 chunk message a worker received and died holding before it claimed the chunk is given back from
 Redis's unacked set (:mod:`sluice.unacked`) by every worker start and every reconcile pass, and
-a queued chunk whose message is gone from an empty queue is sent again by every reconcile pass.
+a queued chunk whose message is gone from an empty queue is sent again by every reconcile pass;
+both are also done by the workers themselves, one of them per heartbeat interval (:func:`heal`).
 ``sluice reconcile --every N`` (the Compose ``beat`` service) repeats all this periodically, and
 delivers due job callbacks (:mod:`sluice.webhooks`) on a thread of its own.
 
@@ -67,6 +68,21 @@ def orphaned_chunks(dispatcher: Dispatcher, older_than: float = CLAIM_GRACE_S) -
         if (c.job_id, c.idx) not in held:
             found.setdefault((c.job_id, c.priority), []).append(c.idx)
     return found
+
+
+def heal(dispatcher: Dispatcher, every: float) -> int:
+    """What a lost message needs, done by one caller per ``every`` seconds in the deployment: give
+    back deliveries whose worker died before claiming (:func:`restore_unclaimed`) and re-send
+    :func:`orphaned_chunks`; how many. Workers call it on their heartbeat, so a message lost with
+    a killed worker comes back without a reconcile process, and whether or not the worker restarts."""
+    if not dispatcher.take_turn("heal", every):
+        return 0
+    healed = restore_unclaimed(dispatcher)
+    for (job_id, priority), chunks in orphaned_chunks(dispatcher).items():
+        log.warning("job %s: chunks %s wait on an empty queue and no worker holds them; re-sent", job_id, chunks)
+        dispatcher.enqueue(job_id, chunks, priority)
+        healed += len(chunks)
+    return healed
 
 
 def requeue_held_by(dispatcher: Dispatcher, hostnames: list[str]) -> set[tuple[str, int]]:

@@ -61,7 +61,7 @@ def run_worker(
     from celery.signals import worker_ready, worker_shutting_down
 
     from sluice.logs import configure_logging
-    from sluice.recovery import reclaim_own
+    from sluice.recovery import heal, reclaim_own
     from worker import messages, tasks
     from worker.hooks import load_hooks
     from worker.metrics import enable_metrics
@@ -81,8 +81,15 @@ def run_worker(
     messages.install(app, settings.queue, hooks, node)  # malformed messages are dropped, not fatal
     dispatcher = Dispatcher(settings, Ledger.for_settings(settings), app)
     runtime = WorkerRuntime(settings, device=device, hostname=node, hooks=hooks, dispatcher=dispatcher)
+
+    def beat() -> None:
+        runtime.renew_leases()
+        # A message lost with a killed worker (delivered and never claimed, or popped and never
+        # recorded) comes back without a reconcile process: one worker per interval heals them.
+        heal(dispatcher, settings.heartbeat_seconds)
+
     presence = Presence(runtime.ledger, node, runtime.device, queues, settings.max_model_memory,
-                        settings.heartbeat_seconds, runtime.pool.snapshot, on_beat=runtime.renew_leases)  # fmt: skip
+                        settings.heartbeat_seconds, runtime.pool.snapshot, on_beat=beat)  # fmt: skip
     if metrics:
         presence.static["metrics"] = metrics  # listed by `sluice workers`
     runtime.pool.on_change = presence.report

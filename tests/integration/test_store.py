@@ -19,7 +19,7 @@ from sluice.clock import utcnow
 from sluice.db import Chunk, Job, Worker, get_engine
 from sluice.families.base import ItemResult
 from sluice.ledger import Claim, Ledger, Split
-from sluice.recovery import reclaim_own, reconcile, restore_unclaimed, stale_chunks
+from sluice.recovery import heal, reclaim_own, reconcile, restore_unclaimed, stale_chunks
 from sluice.status import JobStatus, WorkerStatus
 from tests.conftest import make_settings
 from worker.runtime import WorkerRuntime
@@ -359,25 +359,35 @@ def test_a_chunk_whose_message_is_gone_from_an_empty_queue_is_sent_again(
         assert len(_drain(channel, settings.queue)) == 6  # every message gone (each chunk was sent twice)
         assert client.dispatcher.queue_size(settings.queue) == 0
         assert reconcile(client.dispatcher) == 0  # sent a moment ago: a worker may be about to take them
-        with get_engine(settings.resolved_database_url).begin() as db:
-            db.execute(update(Chunk).where(Chunk.job_id == job).values(enqueued_at=utcnow() - timedelta(seconds=60)))
+        _sent_a_minute_ago(settings.resolved_database_url, job)
         dead = conn.channel()  # chunk 2's message comes back and a worker is killed holding it, unclaimed
         client.dispatcher.enqueue(job, [2], 0)
-        with get_engine(settings.resolved_database_url).begin() as db:
-            db.execute(update(Chunk).where(Chunk.job_id == job).values(enqueued_at=utcnow() - timedelta(seconds=60)))
+        _sent_a_minute_ago(settings.resolved_database_url, job)
         taken = dead.basic_get(settings.queue, no_ack=False)
         assert taken.payload[0] == [job, 2]
         dead.do_restore = False
         dead.close()
+        fresh = {taken.delivery_tag: time.time()}  # (delivered just now, however slow this test runs)
+        channel.client.zadd(channel.unacked_index_key, fresh)
         assert reconcile(client.dispatcher) == 2  # 0 and 1; chunk 2 is held unacked, and young there
         assert sorted(m.payload[0][1] for m in _drain(channel, settings.queue)) == [0, 1]
+        _sent_a_minute_ago(settings.resolved_database_url, job)  # lost again; no reconcile runs now
+        channel.client.zadd(channel.unacked_index_key, {taken.delivery_tag: time.time()})
+        assert heal(client.dispatcher, every=30) == 2  # what each worker tries on its heartbeat
+        assert heal(client.dispatcher, every=30) == 0  # one of them per interval
+        assert sorted(m.payload[0][1] for m in _drain(channel, settings.queue)) == [0, 1]
         client.dispatcher.enqueue(job, [0], 0)  # a queue with a message: whatever else is queued waits its turn
-        with get_engine(settings.resolved_database_url).begin() as db:
-            db.execute(update(Chunk).where(Chunk.job_id == job).values(enqueued_at=utcnow() - timedelta(seconds=60)))
+        _sent_a_minute_ago(settings.resolved_database_url, job)
+        channel.client.zadd(channel.unacked_index_key, {taken.delivery_tag: time.time()})
         assert reconcile(client.dispatcher) == 0
         _drain(channel, settings.queue)
         channel.client.hdel(channel.unacked_key, taken.delivery_tag)
         channel.client.zrem(channel.unacked_index_key, taken.delivery_tag)
+
+
+def _sent_a_minute_ago(database_url: str, job: str) -> None:
+    with get_engine(database_url).begin() as db:
+        db.execute(update(Chunk).where(Chunk.job_id == job).values(enqueued_at=utcnow() - timedelta(seconds=60)))
 
 
 def _drain(channel: Any, queue: str) -> list[Any]:
