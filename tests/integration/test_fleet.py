@@ -15,15 +15,19 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from producer.client import Client
 from sluice import migrate
 from sluice.celery_app import SluiceCelery, create_app
+from sluice.clock import utcnow
 from sluice.db import Chunk, Item, Job
+from sluice.ledger import NewJob
+from sluice.routing import model_queue
 from sluice.settings import Settings
 from sluice.status import ChunkStatus, ItemStatus, JobStatus
 from tests.conftest import make_settings, settings_env
@@ -173,6 +177,23 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(fleet: Fleet) -> None:
     finish(fleet, job)
     assert_exactly_once(fleet, job, total)
     assert fleet.proc.poll() is None and "died (signal SIGKILL" in fleet.log.read_text(errors="replace")
+
+
+def test_a_message_lost_on_its_way_to_a_worker_comes_back_without_reconcile(fleet: Fleet) -> None:
+    """Redis popped it and the worker died before recording it unacked (or Redis evicted it): the
+    chunks are queued, recorded sent, and in no queue. The workers' heartbeat heals them."""
+    job, texts = str(uuid.uuid4()), mixed_texts(16, seed=6)
+    ledger = fleet.client.ledger
+    new = NewJob(job, "text-classification", MODEL, {}, 0, 8)
+    ledger.create_job(new, [(n, {"text": t}, None) for n, t in enumerate(texts)], lambda chunks: None)
+    ledger.mark_sent(job, [0, 1], model_queue(fleet.settings.queue, MODEL))  # whose messages never arrive
+    with fleet.client.engine.begin() as conn:
+        conn.execute(update(Chunk).where(Chunk.job_id == job).values(enqueued_at=utcnow() - timedelta(seconds=60)))
+    started = time.monotonic()
+    finish(fleet, job, timeout=60)  # within a heartbeat interval or two (10 s), not Redis's visibility timeout
+    print(f"lost messages healed: job finished {time.monotonic() - started:.1f}s later")
+    assert_exactly_once(fleet, job, 16)
+    assert "wait on an empty queue and no worker holds them; re-sent" in fleet.log.read_text(errors="replace")
 
 
 def test_sigterm_stops_the_fleet_warmly_and_restarting_finishes(fleet: Fleet) -> None:
