@@ -313,14 +313,18 @@ def test_split_parts_a_worker_died_before_sending_are_sent_by_recovery(client: C
     assert isinstance(part, Claim) and part.items != [] and part.alone
 
 
-def test_a_message_whose_worker_died_before_claiming_is_given_back(
-    migrated_database_url: str, broker_url: str, tmp_path: Path
-) -> None:
-    """The window CI hit: a worker received a chunk's message and was killed before claiming it."""
+@pytest.fixture
+def sending(migrated_database_url: str, broker_url: str, tmp_path: Path) -> tuple[Client, str]:
+    """A client that really sends, to a queue of its own, and its job of three chunks (0, 1, 2)."""
     settings = make_settings(migrated_database_url, broker_url, tmp_path, chunk_size=4)
-    settings = settings.model_copy(update={"queue": f"{settings.queue}-{uuid.uuid4().hex[:8]}"})
-    client = Client(settings)
-    job = client.submit("minilm", [f"doc {i}" for i in range(12)])  # chunks 0, 1, 2, sent for real
+    client = Client(settings.model_copy(update={"queue": f"{settings.queue}-{uuid.uuid4().hex[:8]}"}))
+    return client, client.submit("minilm", [f"doc {i}" for i in range(12)])
+
+
+def test_a_message_whose_worker_died_before_claiming_is_given_back(sending: tuple[Client, str]) -> None:
+    """The window CI hit: a worker received a chunk's message and was killed before claiming it."""
+    client, job = sending
+    settings = client.settings
     store = Ledger(settings.resolved_database_url, max_attempts=5)
     with client.dispatcher.app.connection_for_write() as conn:
         channel = conn.default_channel
@@ -345,14 +349,10 @@ def test_a_message_whose_worker_died_before_claiming_is_given_back(
     assert isinstance(store.claim(job, 0, worker="alive@host"), Claim)  # the redelivery claims it at once
 
 
-def test_a_chunk_whose_message_is_gone_from_an_empty_queue_is_sent_again(
-    migrated_database_url: str, broker_url: str, tmp_path: Path
-) -> None:
+def test_a_chunk_whose_message_is_gone_from_an_empty_queue_is_sent_again(sending: tuple[Client, str]) -> None:
     """Redis evicted the queue (maxmemory), or a worker died between popping a message and recording it."""
-    settings = make_settings(migrated_database_url, broker_url, tmp_path, chunk_size=4)
-    settings = settings.model_copy(update={"queue": f"{settings.queue}-{uuid.uuid4().hex[:8]}"})
-    client = Client(settings)
-    job = client.submit("minilm", [f"doc {i}" for i in range(12)])  # chunks 0, 1, 2, sent for real
+    client, job = sending
+    settings = client.settings
     reconcile(client.dispatcher)  # the first pass ever re-sends every queued chunk (no epoch marker yet)
     with client.dispatcher.app.connection_for_write() as conn:
         channel = conn.default_channel
