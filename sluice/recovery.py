@@ -29,7 +29,7 @@ import time
 from collections import defaultdict
 
 from sluice.dispatch import Dispatcher
-from sluice.routing import STALE_AFTER_BEATS, consumed, route
+from sluice.routing import STALE_AFTER_BEATS, consumed, is_deployment_queue, route
 from sluice.status import ChunkStatus
 from sluice.unacked import CLAIM_GRACE_S
 from sluice.webhooks import start_deliverer
@@ -57,9 +57,12 @@ def orphaned_chunks(dispatcher: Dispatcher, older_than: float = CLAIM_GRACE_S) -
     Nothing else finds these: Redis evicted the queue under ``maxmemory`` (an ``allkeys-*`` policy),
     someone deleted the key, or a worker was killed in the instant between popping the message and
     recording it unacked. Only empty queues are looked at (a few ``LLEN``s per queue): a chunk
-    behind others waits its turn, and is found once its queue drains.
+    behind others waits its turn, and is found once its queue drains. Only this deployment's
+    queues: another one sharing the database may keep its messages in another Redis.
     """
-    empty = [q for q in sorted(dispatcher.ledger.waiting_queues(older_than)) if dispatcher.queue_size(q) == 0]
+    shared = dispatcher.settings.queue
+    mine = [q for q in sorted(dispatcher.ledger.waiting_queues(older_than)) if is_deployment_queue(q, shared)]
+    empty = [q for q in mine if dispatcher.queue_size(q) == 0]
     if not empty:
         return {}
     held = {(d.job_id, d.idx) for d in dispatcher.unacked_chunks(0)}

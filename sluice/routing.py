@@ -27,6 +27,15 @@ def model_queue(shared: str, model: str) -> str:
     return f"{shared}.{model}"
 
 
+def is_deployment_queue(queue: str, shared: str) -> bool:
+    """Whether ``queue`` is one of the deployment's whose shared queue is ``shared`` (it, or a model's).
+
+    Deployments may share a database, each with its own queue name (and perhaps its own Redis):
+    what one deployment reads from Redis says nothing about another's queues.
+    """
+    return queue == shared or queue.startswith(shared + ".")
+
+
 def worker_queues(shared: str, preload: Iterable[str]) -> list[str]:
     """What a worker consumes: its preloaded models' queues first, then the shared queue."""
     return [*(model_queue(shared, m) for m in preload), shared]

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from sluice.celery_app import PROCESS_CHUNK
+from sluice.routing import is_deployment_queue
 
 #: Seconds a delivered chunk may stay unclaimed before its message is taken for lost. A worker
 #: claims within milliseconds of receiving; a worker restarted after a kill starts no sooner than
@@ -74,7 +75,7 @@ def _chunk_ref(raw: bytes | str | None, queue_prefix: str) -> tuple[str, int] | 
         return None
     try:
         payload, _exchange, routing_key = json.loads(raw)
-        if routing_key != queue_prefix and not str(routing_key).startswith(queue_prefix + "."):
+        if not is_deployment_queue(str(routing_key), queue_prefix):
             return None
         if payload["headers"].get("task") != PROCESS_CHUNK or payload.get("content-type") != "application/json":
             return None

@@ -383,6 +383,10 @@ def test_a_chunk_whose_message_is_gone_from_an_empty_queue_is_sent_again(sending
         _drain(channel, settings.queue)
         channel.client.hdel(channel.unacked_key, taken.delivery_tag)
         channel.client.zrem(channel.unacked_index_key, taken.delivery_tag)
+    # Another deployment sharing the database (its own queue name, perhaps its own Redis): not ours to judge.
+    Ledger.for_settings(settings).mark_sent(job, [0, 1, 2], "another-deployment.minilm")
+    _sent_a_minute_ago(settings.resolved_database_url, job)
+    assert reconcile(client.dispatcher) == 0
 
 
 def _sent_a_minute_ago(database_url: str, job: str) -> None:

@@ -12,7 +12,15 @@ import torch
 from sluice.clock import utcnow
 from sluice.families.base import TaskFamily
 from sluice.registry import ModelSpec, Registry
-from sluice.routing import WorkerRow, describe_worker, model_queue, route, waiting_reason, worker_queues
+from sluice.routing import (
+    WorkerRow,
+    describe_worker,
+    is_deployment_queue,
+    model_queue,
+    route,
+    waiting_reason,
+    worker_queues,
+)
 from sluice.sizes import format_size, parse_size
 from sluice.status import WorkerStatus
 from worker.engine import BatchStats
@@ -212,3 +220,8 @@ def test_family_bytes_counts_modules_kept_by_name() -> None:
             self.assistants = {"small": (torch.nn.Linear(2, 2), {"config": 1})}  # 6 float32, with its config
 
     assert family_bytes(Generation()) == ((15 + 6) * 4, "float32")  # type: ignore[arg-type]
+
+
+def test_a_deployment_judges_only_its_own_queues() -> None:
+    assert is_deployment_queue("sluice", "sluice") and is_deployment_queue("sluice.minilm", "sluice")
+    assert not is_deployment_queue("sluice-eu.minilm", "sluice") and not is_deployment_queue("other", "sluice")
