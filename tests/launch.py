@@ -17,12 +17,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from sluice.celery_app import create_app
 from sluice.process import stop_worker, wait_for_worker, worker_command
-from tests.conftest import SESSION_ONLY_ENV
+from sluice.settings import Settings
+from tests.conftest import SESSION_ONLY_ENV, settings_env
 
 T = TypeVar("T")
 
-__all__ = ["fleet_command", "spawn", "start_fleet", "start_worker", "started", "stop_worker", "wait_for_worker"]
+__all__ = [
+    "fleet_command", "spawn", "start_fleet", "start_ready_worker", "start_worker", "started", "stop_worker",
+    "wait_for_worker",
+]  # fmt: skip
 
 #: Processes started this session, by kind: "worker" (a process that loads models), "supervisor", "flower".
 started: Counter[str] = Counter()
@@ -52,6 +57,19 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """One ``sluice worker`` process on the CPU."""
     return spawn([*worker_command(models, hostname=hostname), *extra], env, log_path, "worker")
+
+
+def start_ready_worker(settings: Settings, models: list[str], log_path: Path, hostname: str) -> subprocess.Popen[bytes]:
+    """:func:`start_worker` with ``settings``'s environment, returned once it answers a ping; should it
+    not, it is stopped and its log's tail printed before the error is raised."""
+    proc = start_worker(settings_env(settings), models, log_path, hostname=hostname)
+    try:
+        wait_for_worker(create_app(settings), hostname, proc)
+    except Exception:
+        stop_worker(proc)
+        print(log_path.read_text(errors="replace")[-5000:])
+        raise
+    return proc
 
 
 def start_fleet(

@@ -18,11 +18,10 @@ import pytest
 
 from producer.client import Client
 from sluice import migrate
-from sluice.celery_app import create_app
 from sluice.registry import BUNDLED_REGISTRY
 from sluice.settings import Settings
 from tests.conftest import make_settings, settings_env
-from tests.launch import start_worker, stop_worker, wait_for_worker
+from tests.launch import start_ready_worker, stop_worker
 from tests.models import all_cases, registry_toml
 from tests.secrets import WEBHOOK_SECRET
 
@@ -98,16 +97,9 @@ def stack(
     var = tmp_path_factory.mktemp("var")
     settings = make_settings(database_url, broker_url, var, models_file=registry_file, chunk_size=64, **WEBHOOKS)
     migrate.upgrade(settings)
-    env = settings_env(settings)
     hostname = f"test-{os.getpid()}-{var.name}@localhost"
-    proc = start_worker(env, ["minilm"], var / "worker.log", hostname=hostname)
-    try:
-        wait_for_worker(create_app(settings), hostname, proc)
-    except Exception:
-        stop_worker(proc)
-        print((var / "worker.log").read_text(errors="replace")[-5000:])
-        raise
-    yield Stack(settings, Client(settings), proc, env, model_dirs)
+    proc = start_ready_worker(settings, ["minilm"], var / "worker.log", hostname)
+    yield Stack(settings, Client(settings), proc, settings_env(settings), model_dirs)
     stop_worker(proc)
 
 

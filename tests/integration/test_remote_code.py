@@ -20,10 +20,9 @@ import pytest
 
 from producer.client import Client
 from sluice import migrate
-from sluice.celery_app import create_app
 from sluice.settings import Settings
-from tests.conftest import make_settings, settings_env
-from tests.launch import start_worker, stop_worker, wait_for_worker
+from tests.conftest import make_settings
+from tests.launch import start_ready_worker, stop_worker
 from tests.models.remote_code import CASES, CODE_FILES, CODE_SHA256
 
 CASE = CASES[0]
@@ -59,13 +58,7 @@ def served(database_url: str, broker_url: str, tmp_path_factory: pytest.TempPath
     settings = base.model_copy(update={"queue": f"{base.queue}-remote-{uuid.uuid4().hex[:6]}"})
     migrate.upgrade(settings)
     node = f"remote-{os.getpid()}@localhost"
-    proc = start_worker(settings_env(settings), [], var / "worker.log", hostname=node)
-    try:
-        wait_for_worker(create_app(settings), node, proc)
-    except Exception:
-        stop_worker(proc)
-        print((var / "worker.log").read_text(errors="replace")[-5000:])
-        raise
+    proc = start_ready_worker(settings, [], var / "worker.log", node)
     yield Served(settings, Client(settings), var, node, good, bad)
     stop_worker(proc)
 

@@ -30,6 +30,7 @@ from sluice.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, deliver_due, sta
 from tests.api_server import make_keys
 from tests.conftest import make_settings
 from tests.integration.conftest import Stack
+from tests.launch import wait_until
 from tests.secrets import WEBHOOK_SECRET
 from tests.webhook_receiver import Received, receiver
 
@@ -52,11 +53,15 @@ def checked(received: list[Received], job_id: str) -> list[dict[str, Any]]:
 
 def delivery(ledger: Ledger, job_id: str, status: DeliveryStatus, timeout: float = 60.0) -> DeliveryInfo:
     """The job's delivery row once it is in ``status`` (recorded just after the receiver answered)."""
-    deadline = time.monotonic() + timeout
-    while (row := ledger.webhook_delivery(job_id)) is None or row.status is not status:
-        assert time.monotonic() < deadline, f"job {job_id}: delivery still {row}"
-        time.sleep(0.05)
-    return row
+
+    def settled() -> DeliveryInfo | None:
+        row = ledger.webhook_delivery(job_id)
+        return row if row is not None and row.status is status else None
+
+    try:
+        return wait_until(settled, timeout, f"job {job_id}: delivery {status.value}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; it is {ledger.webhook_delivery(job_id)}") from None
 
 
 def unsent_job(ledger: Ledger, url: str, texts: list[str] | None = None, errors: bool = False) -> str:

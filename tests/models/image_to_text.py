@@ -17,12 +17,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sluice.families.generation import item_seed
 from tests.models import OracleCase
 from tests.models.common import build_wordpiece, save
-from tests.models.images import TOL, image_inputs
+from tests.models.images import image_inputs
+from tests.models.text_generation import check  # a caption is checked as generated text
 
 PROMPTS = (None, "a photo of", None, "a picture that shows the", "describe")
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "initializer_range": 0.2}
@@ -171,15 +170,6 @@ def oracle_rows(path: Path, inputs: list[dict[str, Any]], params: dict[str, Any]
         seed = item_seed(params.get("seed", 0), i) if options.get("do_sample") else None
         rows.append(caption_alone(path, x["image"], x.get("text"), options, seed))
     return rows
-
-
-def check(expected: dict[str, Any], actual: dict[str, Any]) -> None:
-    assert actual["error"] is None, actual["error"]
-    assert actual["label"] is None
-    assert actual["output"]["generated_text"] == expected["generated_text"]
-    assert actual["output"]["n_new_tokens"] == expected["n_new_tokens"]
-    assert actual["output"]["finish_reason"] == expected["finish_reason"]
-    assert actual["score"] == pytest.approx(expected["score"], abs=TOL)
 
 
 def prompted(n: int) -> list[dict[str, Any]]:
