@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from sluice.clock import as_utc
 from sluice.errors import ValidationError
 from sluice.settings import Settings
+from sluice.status import DeliveryStatus
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -96,9 +97,9 @@ def callback_line(d: Any) -> str:
     url = d.url.split("?", 1)[0]
     last = f"HTTP {d.last_status_code}" if d.last_status_code is not None and not d.last_error else d.last_error
     tries = f"{d.attempts} attempt{'s' if d.attempts != 1 else ''}"
-    if d.status.value == "delivered":
+    if d.status is DeliveryStatus.DELIVERED:
         return f"delivered to {url} ({tries}, {last}) at {_utc(d.delivered_at)}"
-    if d.status.value == "failed":
+    if d.status is DeliveryStatus.FAILED:
         return f"failed to reach {url} after {tries}; last: {last}"
     after = f" after {tries}; last: {last}" if d.attempts else ""
     return f"pending to {url}{after}; next attempt at {_utc(d.next_attempt_at)}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
@@ -83,50 +85,44 @@ class Dispatcher:
         re-sending then only duplicates messages, which is harmless.
         """
         key = f"{self.settings.queue}:epoch"
-        try:
-            with self.app.connection_for_write() as conn:
-                client = conn.default_channel.client
-                epoch = _replication_id(client) or str(uuid.uuid4())
-                seen = client.get(key)
-                if seen is not None and (seen.decode() == epoch or not epoch.startswith("replid:")):
-                    return False
-                client.set(key, epoch)
-                return True
-        except (KombuOperationalError, RedisError, OSError) as exc:
-            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
+        with self._channel() as channel:
+            client = channel.client
+            epoch = _replication_id(client) or str(uuid.uuid4())
+            seen = client.get(key)
+            if seen is not None and (seen.decode() == epoch or not epoch.startswith("replid:")):
+                return False
+            client.set(key, epoch)
+            return True
 
     def unacked_chunks(self, older_than: float) -> list[Unacked]:
         """Chunk messages on this deployment's queues delivered ``older_than`` seconds ago or more
         and not acked (:mod:`sluice.unacked`)."""
-        try:
-            with self.app.connection_for_write() as conn:
-                return unacked_chunks(conn.default_channel, self.settings.queue, older_than)
-        except (KombuOperationalError, RedisError, OSError) as exc:
-            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
+        with self._channel() as channel:
+            return unacked_chunks(channel, self.settings.queue, older_than)
 
     def queue_size(self, queue: str) -> int:
         """Messages waiting on ``queue``, all priority steps together (not those delivered and unacked)."""
-        try:
-            with self.app.connection_for_write() as conn:
-                return int(conn.default_channel._size(queue))
-        except (KombuOperationalError, RedisError, OSError) as exc:
-            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
+        with self._channel() as channel:
+            return int(channel._size(queue))
 
     def take_turn(self, name: str, seconds: float) -> bool:
         """Whether this caller has the turn ``name`` for the next ``seconds`` (one Redis ``SET NX EX``
         per deployment): work every worker could do, done by one of them per interval."""
-        try:
-            with self.app.connection_for_write() as conn:
-                key = f"{self.settings.queue}:turn:{name}"
-                return bool(conn.default_channel.client.set(key, "1", nx=True, ex=max(1, round(seconds))))
-        except (KombuOperationalError, RedisError, OSError) as exc:
-            raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
+        with self._channel() as channel:
+            key = f"{self.settings.queue}:turn:{name}"
+            return bool(channel.client.set(key, "1", nx=True, ex=max(1, round(seconds))))
 
     def restore(self, deliveries: list[Unacked]) -> None:
         """Put these unacked deliveries back at the head of their queues."""
+        with self._channel() as channel:
+            restore(channel, [d.tag for d in deliveries])
+
+    @contextmanager
+    def _channel(self) -> Iterator[Any]:
+        """The broker's default kombu channel, for one exchange; :class:`BrokerError` when unreachable."""
         try:
             with self.app.connection_for_write() as conn:
-                restore(conn.default_channel, [d.tag for d in deliveries])
+                yield conn.default_channel
         except (KombuOperationalError, RedisError, OSError) as exc:
             raise BrokerError(f"the broker at {redacted(self.app.conf.broker_url)} is unreachable: {exc}") from exc
 

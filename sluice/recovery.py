@@ -51,8 +51,8 @@ def stale_chunks(dispatcher: Dispatcher, include_queued: bool = False) -> dict[t
 
 
 def orphaned_chunks(dispatcher: Dispatcher, older_than: float = CLAIM_GRACE_S) -> dict[tuple[str, int], list[int]]:
-    """(job id, priority) → queued chunks whose message is gone: sent ``older_than`` seconds ago or
-    more to a queue that is now empty, and held unacked by no worker.
+    """(job id, priority) → queued chunks whose message is gone, to be re-sent (each job logged):
+    sent ``older_than`` seconds ago or more to a queue that is now empty, and held unacked by no worker.
 
     Nothing else finds these: Redis evicted the queue under ``maxmemory`` (an ``allkeys-*`` policy),
     someone deleted the key, or a worker was killed in the instant between popping the message and
@@ -70,6 +70,8 @@ def orphaned_chunks(dispatcher: Dispatcher, older_than: float = CLAIM_GRACE_S) -
     for c in dispatcher.ledger.queued_on(empty, older_than):
         if (c.job_id, c.idx) not in held:
             found.setdefault((c.job_id, c.priority), []).append(c.idx)
+    for (job_id, _), chunks in found.items():
+        log.warning("job %s: chunks %s wait on an empty queue and no worker holds them; re-sent", job_id, chunks)
     return found
 
 
@@ -82,7 +84,6 @@ def heal(dispatcher: Dispatcher, every: float) -> int:
         return 0
     healed = restore_unclaimed(dispatcher)
     for (job_id, priority), chunks in orphaned_chunks(dispatcher).items():
-        log.warning("job %s: chunks %s wait on an empty queue and no worker holds them; re-sent", job_id, chunks)
         dispatcher.enqueue(job_id, chunks, priority)
         healed += len(chunks)
     return healed
@@ -161,7 +162,6 @@ def reconcile(dispatcher: Dispatcher, include_queued: bool = False, judge_worker
         include_queued = True
     stale = stale_chunks(dispatcher, include_queued)
     for key, chunks in ({} if include_queued else orphaned_chunks(dispatcher)).items():
-        log.warning("job %s: chunks %s wait on an empty queue and no worker holds them; re-sent", key[0], chunks)
         stale[key] = sorted(set(stale.get(key, [])) | set(chunks))
     sent = 0
     for (job_id, priority), chunks in stale.items():
