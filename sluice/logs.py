@@ -100,6 +100,25 @@ def _url_password(url: str) -> str | None:
         return None
 
 
+class FailureStreak:
+    """Logs the first failure of a run of them and the first success after it, nothing in between:
+    a loop that retries an unreachable database every second must not write a line per try."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.failing = False
+
+    def failed(self, level: int, msg: str, *args: object) -> None:
+        if not self.failing:
+            self.logger.log(level, msg, *args)
+        self.failing = True
+
+    def succeeded(self, msg: str) -> None:
+        if self.failing:
+            self.logger.info(msg)
+        self.failing = False
+
+
 class Redactor:
     """Masks secrets in text: URL passwords, API keys, bearer tokens and the given literals."""
 

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from sluice.clock import as_utc, utcnow
 from sluice.db import CALLBACK_URL_CHARS
+from sluice.logs import FailureStreak
 from sluice.status import DeliveryStatus
 
 if TYPE_CHECKING:
@@ -295,7 +296,7 @@ class Deliverer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._failing = False
+        self._streak = FailureStreak(log)
 
     def start(self) -> None:
         with self._lock:
@@ -324,13 +325,9 @@ class Deliverer:
         try:
             sweep = deliver_due(self.ledger, self.settings)
         except Exception as exc:  # the database is away for a moment: say so once, try again later
-            if not self._failing:
-                log.warning("callback deliveries paused: %s; retrying every %.0f s", exc, poll)
-            self._failing = True
+            self._streak.failed(logging.WARNING, "callback deliveries paused: %s; retrying every %.0f s", exc, poll)
             return poll
-        if self._failing:
-            log.info("callback deliveries resumed")
-            self._failing = False
+        self._streak.succeeded("callback deliveries resumed")
         if sweep.more:
             return 0.0
         if sweep.next_due is None:

@@ -15,6 +15,7 @@ import threading
 import time
 
 from sluice.ledger.schedules import SchedulesLedger
+from sluice.logs import FailureStreak
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -36,7 +37,7 @@ class LeaseKeeper:
         self._generation = 0  # bumps each time the lease is (re)acquired after a gap
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sluice-scheduler-lease", daemon=True)
-        self._failing = False
+        self._streak = FailureStreak(log)
 
     def start(self) -> None:
         self._thread.start()
@@ -55,13 +56,9 @@ class LeaseKeeper:
         try:
             held = self.store.take_lease(LEASE_NAME, self.holder, self.lease_s)
         except Exception as exc:  # the database is away: the lease runs out by itself
-            if not self._failing:
-                log.warning("cannot renew the scheduler lease: %s", exc)
-            self._failing = True
+            self._streak.failed(logging.WARNING, "cannot renew the scheduler lease: %s", exc)
             return self.active()
-        if self._failing:
-            log.info("the database answers again")
-            self._failing = False
+        self._streak.succeeded("the database answers again")
         was_active = self.active()
         if held:
             if not was_active:

@@ -29,6 +29,7 @@ from pathlib import Path
 from producer.client import Client
 from sluice.clock import utcnow
 from sluice.ledger.schedules import SchedulesLedger, TickInfo
+from sluice.logs import FailureStreak
 from sluice.metrics import SchedulerMetrics
 from sluice.recovery import reconcile
 from sluice.routing import STALE_AFTER_BEATS
@@ -101,7 +102,7 @@ class Scheduler:
         self._generation = 0
         self._next_reconcile = 0.0
         self._judge_from = time.monotonic()
-        self._failing = False
+        self._streak = FailureStreak(log)
 
     # the loop ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -121,13 +122,9 @@ class Scheduler:
         try:
             work()
         except Exception as exc:
-            if not self._failing:
-                log.error("scheduler pass failed: %s; retrying", message(exc))
-            self._failing = True
+            self._streak.failed(logging.ERROR, "scheduler pass failed: %s; retrying", message(exc))
             return
-        if self._failing:
-            log.info("scheduler passes work again")
-            self._failing = False
+        self._streak.succeeded("scheduler passes work again")
 
     def _active_pass(self) -> None:
         if self.keeper.generation != self._generation:  # just took the lease: adopt what the last holder left

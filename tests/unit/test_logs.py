@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sluice.logs import (
+    FailureStreak,
     JsonFormatter,
     RedactFilter,
     Redactor,
@@ -137,3 +138,17 @@ def _check_scan(tmp_path: Path) -> None:
     found = scan(tmp_path)
     assert set(found) == {"api.log", "popen-gw1/var0/worker.log"}
     assert found["popen-gw1/var0/worker.log"] == ["secret #6"]
+
+
+def test_a_failure_streak_logs_its_start_and_its_end_once(caplog: pytest.LogCaptureFixture) -> None:
+    streak = FailureStreak(logging.getLogger("sluice.test"))
+    with caplog.at_level(logging.INFO, logger="sluice.test"):
+        streak.succeeded("back")  # nothing failed: nothing to say
+        for n in range(3):
+            streak.failed(logging.WARNING, "down: %s", n)
+        streak.succeeded("back")
+        streak.succeeded("back")
+        streak.failed(logging.ERROR, "down again")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "down: 0"), ("INFO", "back"), ("ERROR", "down again"),
+    ]  # fmt: skip
